@@ -1,0 +1,1 @@
+"""Memorization and quality metrics for diffusion models, torchmetrics-style, with offline feature spaces."""

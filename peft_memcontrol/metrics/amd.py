@@ -1,0 +1,124 @@
+"""AMD, the average minimum cosine distance, and MiFID, the FID penalised by it.
+
+AMD (generated to training, the default direction) is, for each generated image g, the smallest cosine distance
+1 - cos(f(g), f(t)) over training images t, averaged over g. Lower AMD means generations sit on top of training
+images: more memorization. The reverse direction (each training image to its nearest generation) is what
+torchmetrics' ``MemorizationInformedFrechetInceptionDistance`` uses; it answers "how many training images were
+reproduced" rather than "how many generations are copies", and is offered as ``direction="training_to_generated"``.
+
+MiFID (Bai et al. 2021) = FID / AMD when AMD < ``threshold`` (0.1), else FID: lower is better, and memorization
+(a small AMD) inflates it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torchmetrics import Metric
+
+from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
+from .fid import FrechetDistance
+from .images import ImageInput
+from .paired import Direction, PairedFeatureMetric
+
+
+MIFID_EPSILON = 1e-15
+
+
+class AMDResult(NamedTuple):
+    """AMD and, per query image, its minimum cosine distance and the index of that nearest neighbour."""
+
+    amd: torch.Tensor
+    distances: torch.Tensor
+    indices: torch.Tensor
+
+
+class AverageMinCosineDistance(PairedFeatureMetric):
+    """AMD as a torchmetrics ``Metric``; ``compute()`` returns an :class:`AMDResult`.
+
+    ``direction="generated_to_training"`` (default): queries are generations, indices point into the training set.
+    ``direction="training_to_generated"``: queries are training images, indices point into the generations.
+    Other arguments: see :class:`~peft_memcontrol.metrics.paired.PairedFeatureMetric`.
+    """
+
+    higher_is_better = True  # higher AMD = less memorization
+
+    def __init__(self, direction: Direction = "generated_to_training", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.direction = direction
+
+    def compute(self) -> AMDResult:
+        """Searches nearest neighbours in chunks and averages the minimum cosine distances."""
+        similarities, indices = self._nearest(self.direction)
+        distances = 1.0 - similarities
+        return AMDResult(distances.mean(), distances, indices)
+
+
+def average_min_cosine_distance(
+    generated_features: torch.Tensor,
+    training_features: torch.Tensor,
+    direction: Direction = "generated_to_training",
+    **kwargs: Any,
+) -> AMDResult:
+    """Function form of :class:`AverageMinCosineDistance` on precomputed (N, d) features."""
+    metric = AverageMinCosineDistance(direction=direction, feature=None, **kwargs)
+    metric.update(generated_features, real=False)
+    metric.update(training_features, real=True)
+    return metric.compute()
+
+
+def mifid(fid: Union[torch.Tensor, float], amd: Union[torch.Tensor, float], threshold: float = 0.1) -> torch.Tensor:
+    """MiFID = FID / AMD if AMD < ``threshold`` else FID (Bai et al. 2021; torchmetrics' thresholding and epsilon)."""
+    fid, amd = torch.as_tensor(fid, dtype=torch.float64), torch.as_tensor(amd, dtype=torch.float64)
+    penalty = torch.where(amd < threshold, amd, torch.ones_like(amd))
+    return fid / (penalty + MIFID_EPSILON)
+
+
+class MemorizationInformedFID(Metric):
+    """MiFID from one embedding per image: each update's features feed both FID and AMD.
+
+    Args:
+        feature, num_features, batch_size: the feature space, as in the other metrics.
+        threshold: AMD below which FID is divided by AMD.
+        direction: AMD direction (default generated to training; torchmetrics' MiFID uses the reverse).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        feature: Optional[FeatureSpec] = DEFAULT_FEATURE,
+        num_features: Optional[int] = None,
+        batch_size: int = 64,
+        threshold: float = 0.1,
+        direction: Direction = "generated_to_training",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.feature_extractor = get_feature_extractor(feature, num_features) if feature is not None else None
+        if num_features is None and self.feature_extractor is None:
+            raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
+        width = num_features if self.feature_extractor is None else self.feature_extractor.num_features
+        self.batch_size = batch_size
+        self.threshold = threshold
+        self.fid = FrechetDistance(feature=None, num_features=width, **kwargs)
+        self.amd = AverageMinCosineDistance(direction=direction, feature=None, **kwargs)
+
+    def update(self, images_or_features: Union[ImageInput, torch.Tensor], real: bool) -> None:
+        """Embeds once and updates both FID and AMD (``real=True`` for training/real images)."""
+        features = as_features(images_or_features, self.feature_extractor, self.batch_size)
+        self.fid.update(features, real=real)
+        self.amd.update(features, real=real)
+
+    def compute(self) -> torch.Tensor:
+        """MiFID of everything seen so far."""
+        return mifid(self.fid.compute(), self.amd.compute().amd, self.threshold)
+
+    def reset(self) -> None:
+        """Resets FID and AMD."""
+        super().reset()
+        self.fid.reset()
+        self.amd.reset()
