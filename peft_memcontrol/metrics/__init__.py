@@ -1,1 +1,93 @@
-"""Memorization and quality metrics for diffusion models, torchmetrics-style, with offline feature spaces."""
+"""Memorization and quality metrics for diffusion models, torchmetrics-style, with offline feature spaces.
+
+Images follow one convention (:mod:`peft_memcontrol.metrics.images`): float in [0, 1], NCHW, RGB. Metrics that
+compare images embed them in a feature space (:mod:`peft_memcontrol.metrics.features`) and also accept
+precomputed (N, d) features, so one embedding can serve FID, AMD, MiFID and replication; see
+:func:`evaluate_generations`.
+"""
+
+from .amd import (
+    AMDResult,
+    AverageMinCosineDistance,
+    MemorizationInformedFID,
+    average_min_cosine_distance,
+    mifid,
+)
+from .evaluate import GenerationScores, evaluate_generations
+from .extraction import (
+    ExtractedPair,
+    ExtractionAttackConfig,
+    ExtractionResult,
+    PromptExtractionRecord,
+    extraction_attack,
+    extraction_attack_on_images,
+    generate_images,
+    largest_group,
+    tiled_l2_distance,
+)
+from .features import (
+    DEFAULT_FEATURE,
+    CallableFeatures,
+    EfficientNetLite0Features,
+    FeatureExtractor,
+    InceptionFeatures,
+    TransformersImageFeatures,
+    extract_features,
+    get_feature_extractor,
+)
+from .fid import FrechetDistance, frechet_distance
+from .images import prepare_images
+from .neighbours import NearestNeighbours, nearest_neighbours
+from .noise_norm import (
+    MemorizationReward,
+    memorization_reward,
+    noise_norm_score,
+    pipeline_memorization_reward,
+    sampling_noise_norm,
+    text_conditional_noise_norm,
+    training_noise_norms,
+)
+from .replication import ReplicationRate, ReplicationResult, replication_rate
+
+
+__all__ = [
+    "AMDResult",
+    "AverageMinCosineDistance",
+    "CallableFeatures",
+    "DEFAULT_FEATURE",
+    "EfficientNetLite0Features",
+    "ExtractedPair",
+    "ExtractionAttackConfig",
+    "ExtractionResult",
+    "FeatureExtractor",
+    "FrechetDistance",
+    "GenerationScores",
+    "InceptionFeatures",
+    "MemorizationInformedFID",
+    "MemorizationReward",
+    "NearestNeighbours",
+    "PromptExtractionRecord",
+    "ReplicationRate",
+    "ReplicationResult",
+    "TransformersImageFeatures",
+    "average_min_cosine_distance",
+    "evaluate_generations",
+    "extract_features",
+    "extraction_attack",
+    "extraction_attack_on_images",
+    "frechet_distance",
+    "generate_images",
+    "get_feature_extractor",
+    "largest_group",
+    "memorization_reward",
+    "mifid",
+    "nearest_neighbours",
+    "noise_norm_score",
+    "pipeline_memorization_reward",
+    "prepare_images",
+    "replication_rate",
+    "sampling_noise_norm",
+    "text_conditional_noise_norm",
+    "tiled_l2_distance",
+    "training_noise_norms",
+]

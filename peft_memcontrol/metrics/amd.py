@@ -12,7 +12,7 @@ MiFID (Bai et al. 2021) = FID / AMD when AMD < ``threshold`` (0.1), else FID: lo
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import torch
 from torchmetrics import Metric
@@ -68,7 +68,7 @@ def average_min_cosine_distance(
     return metric.compute()
 
 
-def mifid(fid: Union[torch.Tensor, float], amd: Union[torch.Tensor, float], threshold: float = 0.1) -> torch.Tensor:
+def mifid(fid: torch.Tensor | float, amd: torch.Tensor | float, threshold: float = 0.1) -> torch.Tensor:
     """MiFID = FID / AMD if AMD < ``threshold`` else FID (Bai et al. 2021; torchmetrics' thresholding and epsilon)."""
     fid, amd = torch.as_tensor(fid, dtype=torch.float64), torch.as_tensor(amd, dtype=torch.float64)
     penalty = torch.where(amd < threshold, amd, torch.ones_like(amd))
@@ -90,8 +90,8 @@ class MemorizationInformedFID(Metric):
 
     def __init__(
         self,
-        feature: Optional[FeatureSpec] = DEFAULT_FEATURE,
-        num_features: Optional[int] = None,
+        feature: FeatureSpec | None = DEFAULT_FEATURE,
+        num_features: int | None = None,
         batch_size: int = 64,
         threshold: float = 0.1,
         direction: Direction = "generated_to_training",
@@ -107,7 +107,7 @@ class MemorizationInformedFID(Metric):
         self.fid = FrechetDistance(feature=None, num_features=width, **kwargs)
         self.amd = AverageMinCosineDistance(direction=direction, feature=None, **kwargs)
 
-    def update(self, images_or_features: Union[ImageInput, torch.Tensor], real: bool) -> None:
+    def update(self, images_or_features: ImageInput | torch.Tensor, real: bool) -> None:
         """Embeds once and updates both FID and AMD (``real=True`` for training/real images)."""
         features = as_features(images_or_features, self.feature_extractor, self.batch_size)
         self.fid.update(features, real=real)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from torch import nn
 from .images import ImageInput, prepare_images
 
 
-FeatureSpec = Union[str, nn.Module, Callable[[torch.Tensor], torch.Tensor]]
+FeatureSpec = str | nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 DEFAULT_FEATURE = "efficientnet-lite0"
 TRANSFORMERS_ALIASES = {"clip": "openai/clip-vit-large-patch14", "dinov2": "facebook/dinov2-base"}
@@ -50,7 +49,7 @@ class FeatureExtractor(nn.Module):
 class CallableFeatures(FeatureExtractor):
     """Wraps a user's ``nn.Module`` or callable; ``num_features`` is read from the module or probed once."""
 
-    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], num_features: Optional[int] = None) -> None:
+    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], num_features: int | None = None) -> None:
         super().__init__()
         self.function = function
         if num_features is None:
@@ -175,7 +174,7 @@ def _module_device(function: Callable) -> torch.device:
     return torch.device("cpu")
 
 
-def get_feature_extractor(feature: FeatureSpec = DEFAULT_FEATURE, num_features: Optional[int] = None) -> FeatureExtractor:
+def get_feature_extractor(feature: FeatureSpec = DEFAULT_FEATURE, num_features: int | None = None) -> FeatureExtractor:
     """Resolves a feature-space name, module or callable to a :class:`FeatureExtractor`.
 
     Args:
@@ -207,7 +206,7 @@ def extract_features(
     images: ImageInput,
     extractor: FeatureExtractor,
     batch_size: int = 64,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Embeds images in batches: the one place where images become features.
 
@@ -235,8 +234,8 @@ def check_features(features: torch.Tensor, name: str = "features") -> torch.Tens
 
 
 def as_features(
-    images_or_features: Union[ImageInput, torch.Tensor],
-    extractor: Optional[FeatureExtractor],
+    images_or_features: ImageInput | torch.Tensor,
+    extractor: FeatureExtractor | None,
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Returns features for a metric update: a 2-D tensor is taken as precomputed (N, d) features, anything else

@@ -8,7 +8,7 @@ negative values the matrix square root produces for identical sets are numerical
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,8 +43,8 @@ class FrechetDistance(FrechetInceptionDistance):
 
     def __init__(
         self,
-        feature: Optional[FeatureSpec] = DEFAULT_FEATURE,
-        num_features: Optional[int] = None,
+        feature: FeatureSpec | None = DEFAULT_FEATURE,
+        num_features: int | None = None,
         batch_size: int = 64,
         reset_real_features: bool = True,
         **kwargs: Any,
@@ -60,7 +60,7 @@ class FrechetDistance(FrechetInceptionDistance):
         self.batch_size = batch_size
         self.num_features = width
 
-    def update(self, images_or_features: Union[ImageInput, torch.Tensor], real: bool) -> None:
+    def update(self, images_or_features: ImageInput | torch.Tensor, real: bool) -> None:
         """Adds real (``real=True``) or generated images, or their (N, d) features, to the running statistics."""
         features = as_features(images_or_features, self.feature_extractor, self.batch_size)
         if features.shape[1] != self.num_features:

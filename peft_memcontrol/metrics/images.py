@@ -16,13 +16,13 @@ agree on what a pixel value means:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 
-ImageInput = Union[torch.Tensor, np.ndarray, Any, Sequence[Any]]
+ImageInput = torch.Tensor | np.ndarray | Sequence[Any]  # or one PIL image
 
 _RANGE_TOLERANCE = 1e-4
 

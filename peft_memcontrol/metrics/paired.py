@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import torch
 from torchmetrics import Metric
@@ -40,8 +40,8 @@ class PairedFeatureMetric(Metric):
 
     def __init__(
         self,
-        feature: Optional[FeatureSpec] = DEFAULT_FEATURE,
-        num_features: Optional[int] = None,
+        feature: FeatureSpec | None = DEFAULT_FEATURE,
+        num_features: int | None = None,
         batch_size: int = 64,
         reset_training_features: bool = True,
         query_chunk_size: int = 1024,
@@ -57,7 +57,7 @@ class PairedFeatureMetric(Metric):
         self.add_state("generated_features", default=[], dist_reduce_fx="cat")
         self.add_state("training_features", default=[], dist_reduce_fx="cat")
 
-    def update(self, images_or_features: Union[ImageInput, torch.Tensor], real: bool) -> None:
+    def update(self, images_or_features: ImageInput | torch.Tensor, real: bool) -> None:
         """Adds training (``real=True``) or generated (``real=False``) images or (N, d) features."""
         features = as_features(images_or_features, self.feature_extractor, self.batch_size).to(self.device)
         for state in (self.generated_features, self.training_features):

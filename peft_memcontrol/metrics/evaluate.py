@@ -1,0 +1,54 @@
+"""One call for the usual report: each image is embedded once and the features feed FID, AMD, MiFID and
+replication."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .amd import AMDResult, average_min_cosine_distance, mifid
+from .features import DEFAULT_FEATURE, FeatureSpec, extract_features, get_feature_extractor
+from .fid import frechet_distance
+from .images import ImageInput
+from .paired import Direction
+from .replication import ReplicationResult, replication_rate
+
+
+class GenerationScores(NamedTuple):
+    """FID (lower = better quality), AMD (lower = more memorization), MiFID, and replication (higher = more)."""
+
+    fid: torch.Tensor
+    mifid: torch.Tensor
+    amd: AMDResult
+    replication: ReplicationResult
+
+
+def evaluate_generations(
+    generated_images: ImageInput,
+    training_images: ImageInput,
+    real_images: ImageInput | None = None,
+    feature: FeatureSpec = DEFAULT_FEATURE,
+    batch_size: int = 64,
+    amd_direction: Direction = "generated_to_training",
+    replication_threshold: float = 0.5,
+    mifid_threshold: float = 0.1,
+) -> GenerationScores:
+    """Scores generations against the training set (AMD, replication) and real images (FID, MiFID).
+
+    Args:
+        generated_images: the model's generations.
+        training_images: the images the model was fine-tuned on.
+        real_images: held-out real images for FID (the paper's test images); the training images when ``None``.
+        feature: the feature space shared by all four metrics.
+        batch_size: images embedded at once.
+        amd_direction, replication_threshold, mifid_threshold: see the individual metrics.
+    """
+    extractor = get_feature_extractor(feature)
+    generated = extract_features(generated_images, extractor, batch_size)
+    training = extract_features(training_images, extractor, batch_size)
+    real = training if real_images is None else extract_features(real_images, extractor, batch_size)
+    fid = frechet_distance(real, generated)
+    amd = average_min_cosine_distance(generated, training, direction=amd_direction)
+    replication = replication_rate(generated, training, threshold=replication_threshold)
+    return GenerationScores(fid, mifid(fid, amd.amd, mifid_threshold), amd, replication)
