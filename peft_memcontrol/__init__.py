@@ -5,3 +5,46 @@ and ``PeftModel.from_pretrained`` know them.
 """
 
 __version__ = "0.1.0.dev0"
+
+from .counting import (
+    SD15_UNET_CONFIG,
+    SDXL_UNET_CONFIG,
+    count_model_parameters,
+    count_trainable_parameters,
+    meta_unet,
+    slot_units,
+    trainable_share,
+)
+from .optim import adapter_param_groups
+from .slots import LAYOUTS, Mask, SlotLayout, find_slot_containers, get_layout
+from .svd import clear_svd_cache
+from .tuners import (
+    METHODS,
+    DiffFitConfig,
+    MaskedAttentionConfig,
+    MemControlConfig,
+    SVDiffConfig,
+)
+
+
+__all__ = [
+    "LAYOUTS",
+    "METHODS",
+    "SD15_UNET_CONFIG",
+    "SDXL_UNET_CONFIG",
+    "DiffFitConfig",
+    "Mask",
+    "MaskedAttentionConfig",
+    "MemControlConfig",
+    "SVDiffConfig",
+    "SlotLayout",
+    "adapter_param_groups",
+    "clear_svd_cache",
+    "count_model_parameters",
+    "count_trainable_parameters",
+    "find_slot_containers",
+    "get_layout",
+    "meta_unet",
+    "slot_units",
+    "trainable_share",
+]

@@ -1,0 +1,45 @@
+"""Singular value decompositions of base weights, computed once per weight and shared.
+
+SVDiff needs ``W = U diag(s) V^T`` of every targeted weight. Computing it is the expensive part of setting the
+method up, so the factors are cached per weight tensor (keyed by identity and in-place version): a search that
+wraps the same base model with many candidate masks decomposes each weight once.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+
+_CACHE: dict[int, tuple[weakref.ref, int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+
+def _drop(key: int) -> None:
+    _CACHE.pop(key, None)
+
+
+def weight_matrix(weight: torch.Tensor, as_row: bool = False) -> torch.Tensor:
+    """The 2-D matrix SVDiff decomposes: ``out x (in * kh * kw)``, or ``1 x C`` for a norm's scale vector."""
+    return weight.reshape(1, -1) if as_row else weight.reshape(weight.shape[0], -1)
+
+
+def spectral_factors(weight: torch.Tensor, as_row: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``(U, s, Vh)`` of `weight_matrix(weight)` in float32 (reduced SVD), from the cache when possible."""
+    key = id(weight) * 2 + int(as_row)
+    entry = _CACHE.get(key)
+    if entry is not None:
+        ref, version, factors = entry
+        if ref() is weight and version == weight._version and factors[0].device == weight.device:
+            return factors
+    with torch.no_grad():
+        matrix = weight_matrix(weight.detach(), as_row).float()
+        factors = torch.linalg.svd(matrix, full_matrices=False)
+    factors = tuple(factor.contiguous() for factor in factors)
+    _CACHE[key] = (weakref.ref(weight, lambda _, key=key: _drop(key)), weight._version, factors)
+    return factors
+
+
+def clear_svd_cache() -> None:
+    """Forget every cached decomposition (they are also dropped when their weight is garbage-collected)."""
+    _CACHE.clear()

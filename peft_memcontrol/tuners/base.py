@@ -1,0 +1,331 @@
+"""What the masked methods share: the config fields, the layer protocol and the tuner.
+
+Every layer of this package adapts a wrapped ``Linear``, ``Conv2d``, ``GroupNorm`` or ``LayerNorm`` by computing
+*adapted parameters* (weight, bias) from the base ones and running the base layer's own operation with them. That one
+design gives every method exact merging (write the adapted parameters into the base layer), exact unmerging (restore
+the saved originals), several adapters (applied in turn), adapter weights for diffusers' ``set_adapters`` (each
+method scales its change) and float32 adapter math on fp16/bf16 models.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from ..slots import GRANULARITIES, SEMANTICS, AdapterPlan, Candidates, Mask, resolve_plan
+
+
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+
+
+@dataclass
+class MaskedTunerConfig(PeftConfig):
+    """Fields shared by the masked methods (`SVDiffConfig`, `DiffFitConfig`, `MaskedAttentionConfig`).
+
+    Args:
+        mask: unit name -> bool (a `Mask` or a plain dict); ``None`` switches every unit on, which is the plain
+            method. Units are slots, blocks or layers depending on ``granularity``; `slot_units` lists them.
+        granularity: ``"slot"`` (each attention container, 16 on SD-1.5), ``"block"`` or ``"layer"``.
+        mask_semantics: ``"paper"`` (a 0 bit freezes only the method's parameters inside that slot's
+            transformer blocks, as the reference code does) or ``"strict"`` (nothing outside the selected units is
+            adapted).
+        target_modules: optional further restriction: module names or a regex; only modules that the method and
+            the mask select AND that match are adapted.
+        exclude_modules: module names or a regex never to adapt.
+        init_weights: ``True`` starts at the identity (the adapted model equals the base model). ``False`` draws a
+            small random change, for tests.
+    """
+
+    mask: dict[str, bool] | None = field(default=None, metadata={"help": "Unit name -> bool; None = all on."})
+    granularity: str = field(default="slot", metadata={"help": "'slot', 'block' or 'layer'."})
+    mask_semantics: str = field(default="paper", metadata={"help": "'paper' or 'strict'."})
+    target_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Optional further restriction (names or regex)."}
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names or regex never to adapt."}
+    )
+    init_weights: bool = field(default=True, metadata={"help": "False: random non-identity init, for tests."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.mask, Mask):
+            self.mask = self.mask.to_dict()
+        elif self.mask is not None:
+            self.mask = dict(self.mask)
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"Unknown granularity {self.granularity!r}; choose one of {GRANULARITIES}.")
+        if self.mask_semantics not in SEMANTICS:
+            raise ValueError(f"Unknown mask_semantics {self.mask_semantics!r}; choose one of {SEMANTICS}.")
+        if isinstance(self.target_modules, set):
+            self.target_modules = sorted(self.target_modules)
+
+
+def iter_base_modules(model: nn.Module):
+    """Yield ``(path, module)`` for the model's own modules, seeing through adapter layers already injected."""
+    skip: list[str] = []
+    for path, module in model.named_modules():
+        if any(path.startswith(prefix) for prefix in skip):
+            continue
+        if isinstance(module, BaseTunerLayer):
+            skip.append(path + ".")
+            yield path, module.get_base_layer()
+        else:
+            yield path, module
+
+
+def _matches(patterns: list[str] | str | None, path: str) -> bool:
+    if patterns is None:
+        return False
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, path) is not None
+    return any(path == pattern or path.endswith("." + pattern) for pattern in patterns)
+
+
+class MaskedTunerLayer(nn.Module, BaseTunerLayer):
+    """Base class of the layers: adapted parameters in float32, merge/unmerge, scaling.
+
+    Subclasses set ``adapter_layer_names`` (``nn.ParameterDict`` attributes keyed by adapter name) and implement
+    `create_components` and `apply_adapter`.
+    """
+
+    other_param_names = ("mc_scale", "mc_components")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: MaskedTunerConfig, components: frozenset):
+        super().__init__()
+        if not isinstance(base_layer, SUPPORTED_LAYERS):
+            raise TypeError(f"{type(self).__name__} adapts {SUPPORTED_LAYERS}, got {type(base_layer).__name__}.")
+        self.base_layer = base_layer
+        for name in self.adapter_layer_names:
+            setattr(self, name, nn.ParameterDict())
+        self.mc_scale: dict[str, float] = {}
+        self.mc_components: dict[str, frozenset] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._active_adapter = adapter_name
+        self._originals: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.update_layer(adapter_name, config, components)
+
+    # -- adapters -------------------------------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, config: MaskedTunerConfig, components: frozenset) -> None:
+        """Create ``adapter_name``'s parameters for ``components`` (float32, on the base layer's device)."""
+        if adapter_name in self.mc_components:
+            raise ValueError(f"Adapter {adapter_name!r} already exists on this layer.")
+        self.mc_components[adapter_name] = frozenset(components)
+        self.mc_scale[adapter_name] = 1.0
+        self.create_components(adapter_name, config, components)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def create_components(self, adapter_name: str, config: MaskedTunerConfig, components: frozenset) -> None:
+        raise NotImplementedError
+
+    def apply_adapter(
+        self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the parameters after ``adapter_name`` (float32 in, float32 out); ``scale`` scales its change."""
+        raise NotImplementedError
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        # PEFT's version also casts to the base dtype; adapter parameters stay float32 for precise training.
+        target = device if device is not None else self.get_base_layer().weight.device
+        if target.type == "meta":
+            return
+        for name in self.adapter_layer_names:
+            parameters = getattr(self, name)
+            if adapter_name in parameters and parameters[adapter_name].device != target:
+                if parameters[adapter_name].device.type == "meta":
+                    continue
+                parameters[adapter_name] = parameters[adapter_name].to(target)
+
+    def _new_parameter(self, container: str, adapter_name: str, value: torch.Tensor) -> None:
+        device = self.get_base_layer().weight.device
+        getattr(self, container)[adapter_name] = nn.Parameter(value.to(device=device, dtype=torch.float32))
+
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Scale ``adapter``'s change (diffusers' ``set_adapters(names, weights)`` calls this)."""
+        if adapter in self.mc_scale:
+            self.mc_scale[adapter] = float(scale)
+
+    def scale_layer(self, scale: float) -> None:
+        for adapter in self.active_adapters:
+            if adapter in self.mc_scale:
+                self.mc_scale[adapter] *= scale
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        for adapter in self.active_adapters:
+            if adapter in self.mc_scale:
+                self.mc_scale[adapter] = 1.0 if scale is None else self.mc_scale[adapter] / scale
+
+    # -- computation ----------------------------------------------------------------------------------------------
+    def adapted_parameters(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The base parameters after applying ``adapter_names`` in order, in the base layer's dtype."""
+        base = self.get_base_layer()
+        weight, bias = self._originals if self._originals is not None else (base.weight, base.bias)
+        dtype = weight.dtype
+        weight = weight.float()
+        bias = bias.float() if bias is not None else None
+        for name in adapter_names:
+            weight, bias = self.apply_adapter(name, weight, bias, self.mc_scale[name])
+        return weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+
+    def _base_operation(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        base = self.get_base_layer()
+        if isinstance(base, nn.Linear):
+            return F.linear(x, weight, bias)
+        if isinstance(base, nn.Conv2d):
+            return base._conv_forward(x, weight, bias)
+        if isinstance(base, nn.GroupNorm):
+            return F.group_norm(x, base.num_groups, weight, bias, base.eps)
+        return F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.mc_components]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+        weight, bias = self.adapted_parameters(active)
+        return self._base_operation(x, weight, bias)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The change ``adapter_name`` alone makes to the base weight (float32)."""
+        base = self.get_base_layer()
+        weight, _ = self.apply_adapter(
+            adapter_name, base.weight.float(), None if base.bias is None else base.bias.float(), 1.0
+        )
+        return weight - base.weight.float()
+
+    # -- merging --------------------------------------------------------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Write the adapted parameters into the base layer; the originals are kept for an exact `unmerge`."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        adapter_names = [name for name in adapter_names if name in self.mc_components]
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        if self._originals is None:
+            self._originals = (
+                base.weight.detach().clone(),
+                None if base.bias is None else base.bias.detach().clone(),
+            )
+        with torch.no_grad():
+            weight, bias = self.adapted_parameters(self.merged_adapters + adapter_names)
+            if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
+                raise ValueError(f"NaNs or infs found while merging adapters {adapter_names} into {base}.")
+            if bias is not None and base.bias is None:
+                base.bias = nn.Parameter(torch.zeros_like(bias), requires_grad=False)
+            base.weight.data.copy_(weight)
+            if bias is not None:
+                base.bias.data.copy_(bias)
+        self.merged_adapters.extend(adapter_names)
+
+    def unmerge(self) -> None:
+        """Restore the base layer's original parameters exactly."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        weight, bias = self._originals
+        with torch.no_grad():
+            base.weight.data.copy_(weight)
+            if bias is None:
+                base.bias = None
+            else:
+                base.bias.data.copy_(bias)
+        self._originals = None
+        self.merged_adapters = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(adapters={sorted(self.mc_components)}, base={self.base_layer!r})"
+
+
+class MaskedTuner(BaseTuner):
+    """Base tuner: resolves the config's mask into a plan and wraps exactly the planned modules."""
+
+    prefix: str = "mc_"
+    tuner_layer_cls = MaskedTunerLayer
+    target_module_mapping: dict = {}
+
+    # -- method hooks ---------------------------------------------------------------------------------------------
+    @classmethod
+    def candidates(cls, model: nn.Module, config: MaskedTunerConfig) -> Candidates:
+        """Everything the method adapts without a mask: path -> {component: maskable under "paper" semantics}."""
+        raise NotImplementedError
+
+    @classmethod
+    def component_numel(cls, module: nn.Module, component: str, config: MaskedTunerConfig) -> int:
+        """Number of trainable values ``component`` adds to ``module`` (works on the meta device)."""
+        raise NotImplementedError
+
+    @classmethod
+    def layer_class(cls, config: MaskedTunerConfig) -> type[MaskedTunerLayer]:
+        raise NotImplementedError
+
+    # -- planning -------------------------------------------------------------------------------------------------
+    @classmethod
+    def plan(cls, model: nn.Module, config: MaskedTunerConfig) -> AdapterPlan:
+        """Resolve ``config``'s mask on ``model`` into the modules and components to adapt."""
+        candidates = {
+            path: components
+            for path, components in cls.candidates(model, config).items()
+            if not _matches(config.exclude_modules, path)
+            and (config.target_modules is None or _matches(config.target_modules, path))
+        }
+        return resolve_plan(model, candidates, config.mask, config.granularity, config.mask_semantics)
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        return peft_config  # targets come from the plan, not from a per-architecture mapping
+
+    def _prepare_model(self, peft_config: MaskedTunerConfig, model: nn.Module) -> None:
+        plan = self.plan(model, peft_config)
+        if not plan.modules:
+            raise ValueError(
+                f"The mask selects nothing to adapt ({peft_config.mask_semantics!r} semantics, every unit off or "
+                "filtered out by target_modules/exclude_modules). Switch at least one unit on."
+            )
+        if not hasattr(self, "_plans"):
+            self._plans: dict[int, AdapterPlan] = {}
+        self._plans[id(peft_config)] = plan
+
+    def _check_target_module_exists(self, peft_config: PeftConfig, key: str) -> bool:
+        return key in self._plans[id(peft_config)].modules
+
+    def _create_and_replace(
+        self,
+        peft_config: MaskedTunerConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        components = self._plans[id(peft_config)].modules[current_key]
+        if isinstance(target, MaskedTunerLayer):
+            if not isinstance(target, self.layer_class(peft_config)):
+                raise ValueError(
+                    f"{current_key} already holds a {type(target).__name__} adapter; one module cannot hold "
+                    f"adapters of two methods. Unload the other adapter first."
+                )
+            target.update_layer(adapter_name, peft_config, components)
+            return
+        new_module = self.layer_class(peft_config)(target, adapter_name, peft_config, components)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        pass  # adapter parameters are created in float32 and stay there

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import torch
+
+from ..base import MaskedTunerConfig, MaskedTunerLayer
+
+
+class DiffFitLayer(MaskedTunerLayer):
+    """Output scales (gamma, residual gamma), bias delta and norm deltas of one layer.
+
+    For a layer computing ``y = W x + b``: ``y' = g * (W x + b + db)`` with ``g = gamma * residual_gamma``, which
+    merges exactly as ``W <- g W``, ``b <- g (b + db)``. A norm layer gets ``w + dw`` and ``b + db``.
+    """
+
+    adapter_layer_names = (
+        "mc_difffit_gamma",
+        "mc_difffit_residual_gamma",
+        "mc_difffit_bias",
+        "mc_difffit_norm_weight",
+    )
+
+    def create_components(self, adapter_name: str, config: MaskedTunerConfig, components: frozenset) -> None:
+        base = self.get_base_layer()
+        out_features = base.weight.shape[0]
+        random = not config.init_weights
+        for component, container in (("gamma", "mc_difffit_gamma"), ("residual_gamma", "mc_difffit_residual_gamma")):
+            if component in components:
+                value = torch.ones(out_features)
+                self._new_parameter(
+                    container, adapter_name, value + 0.1 * torch.randn(out_features) if random else value
+                )
+        if ("bias" in components or "norm" in components) and base.bias is not None:
+            size = base.bias.shape[0]
+            self._new_parameter(
+                "mc_difffit_bias", adapter_name, 0.1 * torch.randn(size) if random else torch.zeros(size)
+            )
+        if "norm" in components:
+            size = base.weight.shape[0]
+            self._new_parameter(
+                "mc_difffit_norm_weight", adapter_name, 0.1 * torch.randn(size) if random else torch.zeros(size)
+            )
+
+    def apply_adapter(
+        self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if adapter_name in self.mc_difffit_norm_weight:
+            weight = weight + scale * self.mc_difffit_norm_weight[adapter_name]
+        if adapter_name in self.mc_difffit_bias:
+            bias = bias + scale * self.mc_difffit_bias[adapter_name]
+        gain = None
+        for container in (self.mc_difffit_gamma, self.mc_difffit_residual_gamma):
+            if adapter_name in container:
+                factor = 1.0 + scale * (container[adapter_name] - 1.0)
+                gain = factor if gain is None else gain * factor
+        if gain is not None:
+            weight = weight * gain.reshape(-1, *([1] * (weight.dim() - 1)))
+            bias = bias * gain if bias is not None else None
+        return weight, bias
