@@ -15,6 +15,7 @@ from .counting import (
     slot_units,
     trainable_share,
 )
+from .hub import load_adapter
 from .optim import adapter_param_groups
 from .slots import LAYOUTS, Mask, SlotLayout, find_slot_containers, get_layout
 from .svd import clear_svd_cache
@@ -44,6 +45,7 @@ __all__ = [
     "count_trainable_parameters",
     "find_slot_containers",
     "get_layout",
+    "load_adapter",
     "meta_unet",
     "slot_units",
     "trainable_share",

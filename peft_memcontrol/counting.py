@@ -57,14 +57,7 @@ def meta_unet(config: dict[str, Any] | None = None) -> nn.Module:
 
 def count_trainable_parameters(model: nn.Module, config: MaskedTunerConfig) -> int:
     """How many parameters ``get_peft_model(model, config)`` would train."""
-    tuner = tuner_for(config)
-    plan = tuner.plan(model, config)
-    modules = dict(iter_base_modules(model))
-    return sum(
-        tuner.component_numel(modules[path], component, config)
-        for path, components in plan.modules.items()
-        for component in components
-    )
+    return tuner_for(config).count(model, config)
 
 
 def count_model_parameters(model: nn.Module) -> int:

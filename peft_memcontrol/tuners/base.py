@@ -54,6 +54,12 @@ class MaskedTunerConfig(PeftConfig):
         default=None, metadata={"help": "Module names or regex never to adapt."}
     )
     init_weights: bool = field(default=True, metadata={"help": "False: random non-identity init, for tests."})
+    trainable_parameters: int | None = field(
+        default=None, metadata={"help": "Set when the adapter is created: parameters it trains."}
+    )
+    trainable_share: float | None = field(
+        default=None, metadata={"help": "Set when the adapter is created: trainable_parameters / base parameters."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,6 +73,13 @@ class MaskedTunerConfig(PeftConfig):
             raise ValueError(f"Unknown mask_semantics {self.mask_semantics!r}; choose one of {SEMANTICS}.")
         if isinstance(self.target_modules, set):
             self.target_modules = sorted(self.target_modules)
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Save ``adapter_config.json`` and add this adapter's section to the folder's model card (README.md)."""
+        super().save_pretrained(save_directory, **kwargs)
+        from ..model_card import update_model_card
+
+        update_model_card(save_directory, self)
 
 
 def iter_base_modules(model: nn.Module):
@@ -235,7 +248,7 @@ class MaskedTunerLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         """Restore the base layer's original parameters exactly."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         weight, bias = self._originals
@@ -276,6 +289,17 @@ class MaskedTuner(BaseTuner):
 
     # -- planning -------------------------------------------------------------------------------------------------
     @classmethod
+    def count(cls, model: nn.Module, config: MaskedTunerConfig, plan: AdapterPlan | None = None) -> int:
+        """Parameters that ``config`` trains on ``model`` (from the plan; no weights needed)."""
+        plan = plan if plan is not None else cls.plan(model, config)
+        modules = dict(iter_base_modules(model))
+        return sum(
+            cls.component_numel(modules[path], component, config)
+            for path, components in plan.modules.items()
+            for component in components
+        )
+
+    @classmethod
     def plan(cls, model: nn.Module, config: MaskedTunerConfig) -> AdapterPlan:
         """Resolve ``config``'s mask on ``model`` into the modules and components to adapt."""
         candidates = {
@@ -296,6 +320,13 @@ class MaskedTuner(BaseTuner):
                 f"The mask selects nothing to adapt ({peft_config.mask_semantics!r} semantics, every unit off or "
                 "filtered out by target_modules/exclude_modules). Switch at least one unit on."
             )
+        base_parameters = sum(
+            parameter.numel()
+            for _, module in iter_base_modules(model)
+            for parameter in module.parameters(recurse=False)
+        )
+        peft_config.trainable_parameters = self.count(model, peft_config, plan)
+        peft_config.trainable_share = peft_config.trainable_parameters / max(base_parameters, 1)
         if not hasattr(self, "_plans"):
             self._plans: dict[int, AdapterPlan] = {}
         self._plans[id(peft_config)] = plan
@@ -326,6 +357,17 @@ class MaskedTuner(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Map checkpoint keys to the model, refusing anything that would load a silently wrong model."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        from ..hub import check_adapter_state_dict
+
+        check_adapter_state_dict(model, adapter_name, remapped)
+        return remapped
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         pass  # adapter parameters are created in float32 and stay there

@@ -1,0 +1,194 @@
+"""Loading this package's adapters into diffusers models and pipelines, from a folder or the Hub.
+
+diffusers' ``load_lora_adapter`` / ``load_lora_weights`` always build a ``LoraConfig``, so they cannot load other
+PEFT types. `load_adapter` is the one call that does: it reads ``adapter_config.json`` and
+``adapter_model.safetensors`` (never a pickle), injects the adapter with diffusers' ``add_adapter`` and loads the
+weights, refusing an adapter made for another architecture with an error that names the layer and both shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from peft import PeftConfig
+from peft.tuners.tuners_utils import (
+    BaseTunerLayer,
+    _filter_state_dict_by_key_prefixes,
+    _get_tuner_state_dict_key_prefixes,
+)
+from peft.utils import set_peft_model_state_dict
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .tuners.base import MaskedTunerConfig
+
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+
+
+def _readable(key: str, adapter_name: str) -> str:
+    key = key.removeprefix("base_model.model.")
+    return key.replace(f".{adapter_name}", "") if key.endswith(f".{adapter_name}") else key
+
+
+def check_adapter_state_dict(model: nn.Module, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint that does not fit the adapter injected in ``model``.
+
+    Raises:
+        ValueError: naming the layers that are missing on either side, the layers whose shapes differ (with both
+            shapes), or the tensors that hold NaN or inf.
+    """
+    model_state = model.state_dict()
+    expected = _filter_state_dict_by_key_prefixes(
+        model_state, _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
+    )
+    problems = []
+    unexpected = [key for key in state_dict if key not in model_state]
+    if unexpected:
+        problems.append(
+            "the adapter has weights for layers this model does not have: "
+            + ", ".join(_readable(key, adapter_name) for key in unexpected[:8])
+            + (f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else "")
+        )
+    missing = [key for key in expected if key not in state_dict]
+    if missing:
+        problems.append(
+            "the adapter lacks weights this model's adapter needs: "
+            + ", ".join(_readable(key, adapter_name) for key in missing[:8])
+            + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
+        )
+    for key, value in state_dict.items():
+        if key in model_state and tuple(value.shape) != tuple(model_state[key].shape):
+            problems.append(
+                f"{_readable(key, adapter_name)} has shape {tuple(value.shape)} in the adapter but "
+                f"{tuple(model_state[key].shape)} in this model"
+            )
+        elif value.is_floating_point() and not torch.isfinite(value).all():
+            problems.append(f"{_readable(key, adapter_name)} holds NaN or inf values")
+    if problems:
+        raise ValueError(
+            f"Cannot load adapter {adapter_name!r} into {type(model).__name__}: "
+            + "; ".join(problems[:10])
+            + ". Was it saved for another architecture or another mask? Load it onto the base model it was "
+            "trained on (see base_model_name_or_path in its adapter_config.json)."
+        )
+
+
+def resolve_adapter_folder(
+    path_or_repo_id: str, subfolder: str | None = None, revision: str | None = None, token: str | None = None
+) -> str:
+    """A local folder holding the adapter: the given folder, or the Hub repo's snapshot in the local HF cache."""
+    if os.path.isdir(path_or_repo_id):
+        folder = os.path.join(path_or_repo_id, subfolder) if subfolder else path_or_repo_id
+    else:
+        patterns = [CONFIG_NAME, WEIGHTS_NAME, "README.md"]
+        if subfolder:
+            patterns = [f"{subfolder}/{name}" for name in patterns]
+        try:
+            snapshot = snapshot_download(path_or_repo_id, revision=revision, allow_patterns=patterns, token=token)
+        except LocalEntryNotFoundError as error:
+            raise OSError(
+                f"Adapter {path_or_repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+                "(offline, or HF_HUB_OFFLINE=1). Download it where there is network "
+                f"(`hf download {path_or_repo_id}`) or pass a local folder."
+            ) from error
+        folder = os.path.join(snapshot, subfolder) if subfolder else snapshot
+    if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise FileNotFoundError(f"No {CONFIG_NAME} in {folder}: not a saved PEFT adapter.")
+    return folder
+
+
+def read_adapter_weights(folder: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read ``adapter_model.safetensors``; a pickle file is refused, a corrupt file named."""
+    path = os.path.join(folder, WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(folder, PICKLE_WEIGHTS_NAME)):
+            raise ValueError(
+                f"{folder} holds only {PICKLE_WEIGHTS_NAME}, a pickle; peft_memcontrol never unpickles downloaded "
+                "files. Re-save the adapter with save_pretrained(..., safe_serialization=True)."
+            )
+        raise FileNotFoundError(f"No {WEIGHTS_NAME} in {folder}.")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"{path} is corrupt or truncated ({error}). Delete it and download or save the adapter again."
+        ) from error
+
+
+def _target_model(unet_or_pipeline: Any) -> nn.Module:
+    for name in ("unet", "transformer"):
+        model = getattr(unet_or_pipeline, name, None)
+        if isinstance(model, nn.Module):
+            return model
+    if isinstance(unet_or_pipeline, nn.Module):
+        return unet_or_pipeline
+    raise TypeError(f"Expected a diffusers model or a pipeline with a unet/transformer, got {type(unet_or_pipeline)}.")
+
+
+def load_adapter(
+    unet_or_pipeline: Any,
+    path_or_repo_id: str,
+    adapter_name: str = "default",
+    *,
+    is_trainable: bool = False,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+) -> nn.Module:
+    """Load one of this package's adapters into a diffusers UNet/transformer or a pipeline's, and activate it.
+
+    Args:
+        unet_or_pipeline: a diffusers model (``ModelMixin``) or a pipeline with ``unet`` or ``transformer``.
+        path_or_repo_id: a folder written by ``save_pretrained`` or a Hub repo id (through the local HF cache).
+        adapter_name: the name the adapter gets on the model.
+        is_trainable: keep the adapter's parameters trainable (default: loaded for inference, frozen).
+
+    Returns:
+        The model that received the adapter.
+    """
+    model = _target_model(unet_or_pipeline)
+    folder = resolve_adapter_folder(path_or_repo_id, subfolder=subfolder, revision=revision, token=token)
+    config = PeftConfig.from_pretrained(folder)
+    if not isinstance(config, MaskedTunerConfig):
+        raise ValueError(
+            f"{path_or_repo_id} is a {config.peft_type} adapter, not one of peft_memcontrol's; load LoRA adapters "
+            "with diffusers' load_lora_adapter / load_lora_weights."
+        )
+    weights = read_adapter_weights(folder, device=next(model.parameters()).device)
+    config.inference_mode = not is_trainable
+    had_adapters = bool(getattr(model, "peft_config", None))
+    if hasattr(model, "add_adapter"):
+        model.add_adapter(config, adapter_name=adapter_name)
+    else:
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    try:
+        set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
+    except Exception:
+        _remove_adapter(model, adapter_name, had_adapters)
+        raise
+    return model
+
+
+def _remove_adapter(model: nn.Module, adapter_name: str, had_adapters: bool) -> None:
+    """Undo a failed load, so that nothing half-loaded stays on the model."""
+    if had_adapters:
+        model.delete_adapters(adapter_name)
+        return
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    if hasattr(model, "_hf_peft_config_loaded"):
+        model._hf_peft_config_loaded = False
