@@ -1,0 +1,258 @@
+"""Tests of the trainer, its data conventions and the mitigations (on the shipped tiny pipeline, CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from training_helpers import make_trainer, optimizer_state_tensors, synthetic_images, write_image_folder
+
+from peft_memcontrol.training import (
+    CaptionWordRepetition,
+    ImageCaptionDataset,
+    RandomWordAddition,
+    RandomWordReplacement,
+    StepBatchSampler,
+    build_proxy_set,
+    drop_captions,
+    load_training_dataset,
+    threshold_keep_mask,
+)
+from peft_memcontrol.training.data import mix_seed
+
+
+# ---------------------------------------------------------------- data
+def test_image_folder_and_csv_give_the_same_samples(tmp_path):
+    root = write_image_folder(str(tmp_path / "folder"), n=5)
+    with open(tmp_path / "data.csv", "w") as f:
+        f.write("path,caption\n")
+        for i in range(5):
+            f.write(f"folder/{i:03d}.png,a photo of thing {i}\n")
+    folder = load_training_dataset(train_data_dir=root, resolution=16)
+    table = load_training_dataset(train_csv=str(tmp_path / "data.csv"), resolution=16)
+    assert len(folder) == len(table) == 5
+    for i in range(5):
+        a, b = folder[i], table[i]
+        assert a["caption"] == b["caption"] == f"a photo of thing {i}"
+        assert a["pixel_values"].shape == (3, 16, 16)
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert a["pixel_values"].min() >= -1 and a["pixel_values"].max() <= 1
+
+
+def test_missing_caption_column_names_column_and_flag(tmp_path):
+    root = write_image_folder(str(tmp_path / "folder"), n=2, caption_key="caption")
+    with pytest.raises(ValueError, match=r"no 'text' column.*--caption_column"):
+        load_training_dataset(train_data_dir=root)
+    assert load_training_dataset(train_data_dir=root, caption_column="caption").captions[1] == "a photo of thing 1"
+
+
+def test_exactly_one_data_source_required(tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        load_training_dataset()
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        load_training_dataset(train_data_dir=str(tmp_path))
+
+
+def test_step_batch_sampler_shards_and_resumes():
+    single = StepBatchSampler(10, batch_size=6, num_steps=5, seed=3)
+    ranks = [StepBatchSampler(10, 3, 5, seed=3, num_processes=2, process_index=r) for r in range(2)]
+    for step in range(5):
+        assert ranks[0].batch_for_step(step) + ranks[1].batch_for_step(step) == single.batch_for_step(step)
+    # Each epoch (10 consecutive stream positions) is a permutation of the data set.
+    stream = [i for step in range(5) for i, _ in single.batch_for_step(step)]
+    for epoch in range(3):
+        assert sorted(stream[epoch * 10 : epoch * 10 + 10]) == list(range(10))
+    resumed = StepBatchSampler(10, 6, 5, seed=3, start_step=2)
+    assert list(resumed) == [single.batch_for_step(s) for s in (2, 3, 4)]
+
+
+def test_proxy_set_counts():
+    dataset = ImageCaptionDataset(synthetic_images(40, 8), [f"c{i}" for i in range(40)])
+    proxy = build_proxy_set(dataset, fraction=0.1, num_memorization=3, repeats=5, seed=0)
+    assert len(proxy.dataset) == math.ceil(0.1 * 40) + 3 * 5 == 19
+    assert len(proxy.memorization_dataset) == 3
+    assert not set(proxy.fraction_indices) & set(proxy.memorization_indices)
+    for i in proxy.memorization_indices:
+        assert proxy.dataset.captions.count(f"c{i}") == 5
+    fixed = build_proxy_set(dataset, fraction=0.0, memorization_indices=[7, 9], repeats=2)
+    assert fixed.dataset.captions == ["c7", "c7", "c9", "c9"]
+
+
+# ---------------------------------------------------------------- mitigations
+WORDS = ["apple", "river", "stone", "cloud", "lamp"]
+
+
+def _expected_word_addition(caption: str, generator: torch.Generator, num_words: int) -> str:
+    """Independent re-statement of the documented draw order: word, then position, per inserted word."""
+    words = caption.split()
+    for _ in range(num_words):
+        word = WORDS[torch.randint(len(WORDS), (1,), generator=generator).item()]
+        words.insert(torch.randint(len(words) + 1, (1,), generator=generator).item(), word)
+    return " ".join(words)
+
+
+def test_random_word_addition_fresh_draw_each_step():
+    transform = RandomWordAddition(num_words=4, vocabulary=WORDS)
+    caption = "a photo of a cat"
+    out = transform(caption, 0, torch.Generator().manual_seed(11))
+    assert out == _expected_word_addition(caption, torch.Generator().manual_seed(11), 4)
+    words = out.split()
+    assert len(words) == 9
+    # The original words keep their order (a subsequence), the 4 new ones come from the vocabulary.
+    it = iter(words)
+    assert all(w in it for w in caption.split())
+    assert sorted(words) == sorted(caption.split() + [w for w in words if w in WORDS])
+    other = transform(caption, 0, torch.Generator().manual_seed(12))
+    assert other != out
+
+
+def test_random_word_addition_static_is_fixed_per_sample():
+    transform = RandomWordAddition(num_words=4, vocabulary=WORDS, static=True, seed=5)
+    a = transform("a photo of a cat", 3, torch.Generator().manual_seed(1))
+    b = transform("a photo of a cat", 3, torch.Generator().manual_seed(2))
+    assert a == b == _expected_word_addition("a photo of a cat", torch.Generator().manual_seed(mix_seed(5, 3)), 4)
+    assert transform("a photo of a cat", 4, torch.Generator()) != a
+
+
+def test_word_replacement_and_repetition():
+    caption = "one two three four five six"
+    assert RandomWordReplacement(probability=0.0, vocabulary=WORDS)(caption, 0, torch.Generator()) == caption
+    replaced = RandomWordReplacement(probability=1.0, vocabulary=WORDS)(caption, 0, torch.Generator().manual_seed(0))
+    assert all(w in WORDS for w in replaced.split()) and len(replaced.split()) == 6
+    repeated = CaptionWordRepetition(num_words=2)(caption, 0, torch.Generator().manual_seed(0)).split()
+    assert len(repeated) == 8 and set(repeated) <= set(caption.split())
+
+
+def test_caption_dropout_exact():
+    captions = [f"c{i}" for i in range(20)]
+    out = drop_captions(captions, 0.3, torch.Generator().manual_seed(4))
+    draws = torch.rand(20, generator=torch.Generator().manual_seed(4))
+    assert out == ["" if d < 0.3 else c for c, d in zip(captions, draws.tolist())]
+    assert sum(o == "" for o in out) == int((draws < 0.3).sum())
+
+
+@pytest.mark.parametrize(("batch", "dropped"), [(8, 1), (10, 1), (11, 1), (20, 2), (30, 3)])
+def test_threshold_auto_drops_top_ten_percent(batch, dropped):
+    norms = torch.randperm(batch, generator=torch.Generator().manual_seed(batch)).float() + 0.5
+    kept = threshold_keep_mask(norms, "auto")
+    assert int((~kept).sum()) == dropped
+    # The dropped ones are exactly the largest norms.
+    assert set(torch.nonzero(~kept).flatten().tolist()) == set(norms.argsort()[batch - dropped :].tolist())
+
+
+def test_threshold_number_is_strict():
+    norms = torch.tensor([0.5, 1.0, 1.5, 2.0, 2.5])
+    assert threshold_keep_mask(norms, 1.5).tolist() == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="auto"):
+        threshold_keep_mask(norms, "top")
+
+
+# ---------------------------------------------------------------- the trainer
+@pytest.fixture(scope="module")
+def folder_dataset(tmp_path_factory):
+    root = write_image_folder(str(tmp_path_factory.mktemp("data") / "train"), n=12)
+    return load_training_dataset(train_data_dir=root, resolution=32)
+
+
+def _adapter_config():
+    from peft_memcontrol import SVDiffConfig
+
+    return SVDiffConfig()
+
+
+def test_resume_continues_with_identical_state(folder_dataset, tmp_path):
+    full_run = make_trainer(folder_dataset, _adapter_config(), str(tmp_path / "a"), max_train_steps=4)
+    result = full_run.train()
+    assert result.global_step == 4
+
+    first = make_trainer(
+        folder_dataset, _adapter_config(), str(tmp_path / "b"), max_train_steps=2, checkpointing_steps=2
+    )
+    first.train()
+    assert os.path.isdir(tmp_path / "b" / "checkpoint-2")
+    resumed = make_trainer(
+        folder_dataset, _adapter_config(), str(tmp_path / "b"), max_train_steps=4, resume_from_checkpoint="latest"
+    )
+    resumed_result = resumed.train()
+    assert resumed_result.global_step == 4
+    assert resumed_result.losses == result.losses[2:]
+
+    expected, got = full_run.trainable_parameters(), resumed.trainable_parameters()
+    assert expected.keys() == got.keys() and len(expected) > 0
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    expected_state, got_state = optimizer_state_tensors(full_run), optimizer_state_tensors(resumed)
+    assert expected_state.keys() == got_state.keys()
+    for key in expected_state:
+        assert torch.equal(expected_state[key], got_state[key]), key
+    assert full_run.lr_scheduler.state_dict()["last_epoch"] == resumed.lr_scheduler.state_dict()["last_epoch"]
+
+
+def test_missing_resume_dir_is_a_clear_error(folder_dataset, tmp_path):
+    trainer = make_trainer(folder_dataset, "full", str(tmp_path), resume_from_checkpoint=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="does not exist.*latest"):
+        trainer.train()
+
+
+def test_nan_loss_names_the_step(folder_dataset, tmp_path):
+    trainer = make_trainer(
+        folder_dataset, "full", str(tmp_path), learning_rate=1e38, max_grad_norm=0.0, max_train_steps=3
+    )
+    with pytest.raises(FloatingPointError, match=r"at step 1 \(micro-step 1\)"):
+        trainer.train()
+
+
+def test_threshold_filtering_drops_exact_counts(folder_dataset, tmp_path):
+    trainer = make_trainer(
+        folder_dataset, _adapter_config(), str(tmp_path), train_batch_size=10, noise_norm_threshold="auto"
+    )
+    result = trainer.train()
+    assert (result.seen_samples, result.dropped_samples) == (20, 2)
+    strict = make_trainer(folder_dataset, _adapter_config(), str(tmp_path / "s"), noise_norm_threshold=-1.0)
+    assert strict.train().dropped_samples == 8  # every sample's norm is above -1
+
+
+def test_trainer_applies_caption_transforms_and_dropout(folder_dataset, tmp_path):
+    transform = RandomWordAddition(num_words=2, static=True, seed=1)
+    trainer = make_trainer(
+        folder_dataset, "full", str(tmp_path), caption_transforms=[transform], caption_dropout_probability=0.0
+    )
+    seen: list[str] = []
+    original = trainer.encode_prompts
+    trainer.encode_prompts = lambda captions: (seen.extend(captions), original(captions))[1]
+    trainer.train()
+    assert transform.vocabulary is not None and "photo" in transform.vocabulary  # the tokenizer's words
+    sampler = StepBatchSampler(12, 4, 2, seed=0)
+    indices = [i for step in range(2) for i, _ in sampler.batch_for_step(step)]
+    assert seen == [transform(f"a photo of thing {i}", i, torch.Generator()) for i in indices]
+
+
+def test_full_fine_tuning_trains_every_unet_parameter(folder_dataset, tmp_path):
+    trainer = make_trainer(folder_dataset, "full", str(tmp_path), max_train_steps=1)
+    before = {n: p.detach().clone() for n, p in trainer.base_unet.named_parameters()}
+    trainer.train()
+    assert len(trainer.trainable_parameters()) == len(before)
+    changed = sum(not torch.equal(before[n], p) for n, p in trainer.base_unet.named_parameters())
+    assert changed > 0.9 * len(before)
+    assert all(not p.requires_grad for p in trainer.vae.parameters())
+    assert all(not p.requires_grad for p in trainer.text_encoder.parameters())
+
+
+def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_path):
+    trainer = make_trainer(
+        folder_dataset,
+        _adapter_config(),
+        str(tmp_path),
+        prediction_type="v_prediction",
+        snr_gamma=5.0,
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+        mixed_precision="bf16",
+    )
+    result = trainer.train()
+    assert trainer.noise_scheduler.config.prediction_type == "v_prediction"
+    assert result.global_step == 2 and len(result.losses) == 2
+    assert all(math.isfinite(x) for x in result.losses)
+    assert trainer.base_unet.is_gradient_checkpointing
