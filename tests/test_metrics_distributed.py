@@ -1,0 +1,65 @@
+"""Accumulating metrics give the same results in 1 and in 2 real processes (torch.distributed, gloo)."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from peft_memcontrol.metrics import AverageMinCosineDistance, FrechetDistance, MemorizationReward, ReplicationRate
+
+
+def features():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(30, 8, generator=generator), torch.randn(41, 8, generator=generator)
+
+
+def scores(rank: int = 0, world_size: int = 1) -> dict:
+    """Each process updates with its own shard (rows rank, rank + world_size, ...) and computes."""
+    generated, training = features()
+    amd = AverageMinCosineDistance(feature=None, direction="training_to_generated")
+    replication = ReplicationRate(feature=None, threshold=0.4)
+    fid = FrechetDistance(feature=None, num_features=8)
+    reward = MemorizationReward()
+    for metric in (amd, replication, fid):
+        metric.update(generated[rank::world_size], real=False)
+        metric.update(training[rank::world_size], real=True)
+    reward.total += float(rank + 1)  # one "batch" per process with reward rank + 1
+    reward.batches += 1
+    return {
+        "amd": amd.compute().amd.item(),
+        "rate": replication.compute().rate.item(),
+        "p95": replication.compute().percentile_95.item(),
+        "fid": fid.compute().item(),
+        "reward": reward.compute().item(),
+    }
+
+
+def worker(rank: int, world_size: int, port: int, output: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(scores(rank, world_size), f"{output}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    output = str(tmp_path / "scores")
+    mp.spawn(worker, args=(2, free_port(), output), nprocs=2, join=True)
+    single = scores()
+    for rank in range(2):
+        distributed = torch.load(f"{output}.{rank}")
+        for name in ("amd", "rate", "p95", "fid"):
+            assert distributed[name] == pytest.approx(single[name], rel=1e-5), name
+        assert distributed["reward"] == pytest.approx(1.5)  # (1 + 2) / 2 batches
