@@ -15,7 +15,7 @@ from .counting import (
     slot_units,
     trainable_share,
 )
-from .hub import load_adapter
+from .hub import load_adapter, push_adapter_to_hub
 from .optim import adapter_param_groups
 from .slots import LAYOUTS, Mask, SlotLayout, find_slot_containers, get_layout
 from .svd import clear_svd_cache
@@ -47,6 +47,7 @@ __all__ = [
     "get_layout",
     "load_adapter",
     "meta_unet",
+    "push_adapter_to_hub",
     "slot_units",
     "trainable_share",
 ]

@@ -9,10 +9,11 @@ weights, refusing an adapter made for another architecture with an error that na
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
+from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from peft import PeftConfig
 from peft.tuners.tuners_utils import (
@@ -121,6 +122,45 @@ def read_adapter_weights(folder: str, device: str | torch.device = "cpu") -> dic
         raise ValueError(
             f"{path} is corrupt or truncated ({error}). Delete it and download or save the adapter again."
         ) from error
+
+
+def push_adapter_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    adapter_name: str = "default",
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload MemControl adapter",
+    revision: str | None = None,
+) -> str:
+    """Upload ``model``'s adapter with its model card (base model, method, mask, trainable share, scores).
+
+    ``model`` is a ``PeftModel`` or a diffusers model with adapters. ``PeftModel.push_to_hub`` uploads the same
+    weights and config, but transformers' uploader replaces README.md with the Hub's card; this function keeps the
+    card that `save_pretrained` writes. Returns the URL of the commit.
+    """
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        if hasattr(model, "save_pretrained") and hasattr(model, "peft_config") and hasattr(model, "base_model"):
+            model.save_pretrained(folder, selected_adapters=[adapter_name])
+            folder = os.path.join(folder, adapter_name) if adapter_name != "default" else folder
+        else:
+            _save_diffusers_adapter(model, folder, adapter_name)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
+    return str(info)
+
+
+def _save_diffusers_adapter(model: nn.Module, folder: str, adapter_name: str) -> None:
+    """Write a diffusers model's adapter in PEFT's folder format (config, safetensors weights, model card)."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = model.peft_config[adapter_name]
+    weights = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    save_file({key: value.contiguous() for key, value in weights.items()}, os.path.join(folder, WEIGHTS_NAME))
+    config.save_pretrained(folder)
 
 
 def _target_model(unet_or_pipeline: Any) -> nn.Module:
