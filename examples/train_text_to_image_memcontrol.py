@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = MemControlTrainer.from_pretrained(
         model_path, dataset, build_method(args), config, revision=args.revision, variant=args.variant
     )
+    logger.info("%s", trainer.accelerator.state)
     result = trainer.train()
     trainer.save_adapter(args.output_dir)
     if trainer.accelerator.is_main_process:

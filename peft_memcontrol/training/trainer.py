@@ -142,7 +142,6 @@ class MemControlTrainer:
         config: TrainingConfig | None = None,
         accelerator: Any = None,
     ) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         self.config = config = config or TrainingConfig()
@@ -160,7 +159,8 @@ class MemControlTrainer:
                 log_with = None
             if log_with in ("none", ""):
                 log_with = None
-            accelerator = Accelerator(
+            accelerator = _new_accelerator(
+                cpu=_multi_process_without_accelerator(),
                 gradient_accumulation_steps=config.gradient_accumulation_steps,
                 mixed_precision=config.mixed_precision,
                 log_with=log_with,
@@ -598,6 +598,35 @@ class MemControlTrainer:
     def end(self) -> None:
         """Close the trackers."""
         self.accelerator.end_training()
+
+
+def _new_accelerator(**kwargs: Any) -> Any:
+    """Create an ``Accelerator``; in a single process, start from a fresh global state.
+
+    Accelerate keeps one process-wide state: a second ``Accelerator`` with another ``mixed_precision`` raises, and
+    one with ``mixed_precision=None`` silently inherits the previous run's. Sequential trainings in one process
+    (tests, notebooks, the search's inner loop) each get their own settings; distributed runs keep the launcher's.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(**kwargs)
+
+
+def _multi_process_without_accelerator() -> bool:
+    """True when launched as several processes (``accelerate launch --multi_gpu``) on a machine with no GPU.
+
+    Accelerate then needs ``cpu=True`` to set up a gloo process group (``DistributedType.MULTI_CPU``); with it the
+    same launch command trains with DDP on CPUs as it does on GPUs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accelerator_api = getattr(torch, "accelerator", None)
+    if accelerator_api is not None and hasattr(accelerator_api, "is_available"):
+        return not accelerator_api.is_available()
+    return not torch.cuda.is_available()
 
 
 def _to(module: torch.nn.Module, device: Any, dtype: torch.dtype) -> torch.nn.Module:

@@ -1,0 +1,79 @@
+"""The launch script under ``accelerate launch`` with 2 CPU processes (DDP over gloo), then load and generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from training_helpers import write_image_folder
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "examples", "train_text_to_image_memcontrol.py")
+
+
+def _launch(args: list[str], num_processes: int = 2, timeout: int = 400) -> subprocess.CompletedProcess:
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    launch = ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no"] + (["--multi_gpu"] if num_processes > 1 else ["--cpu"])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    return subprocess.run(
+        accelerate + launch + [SCRIPT] + args, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+@pytest.mark.slow
+def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
+    from peft import PeftConfig, PeftModel
+
+    from peft_memcontrol import SVDiffConfig
+    from peft_memcontrol.pipelines import load_tiny_pipeline
+
+    data = write_image_folder(str(tmp_path / "data"), n=8)
+    out = str(tmp_path / "out")
+    proc = _launch(
+        ["--train_data_dir", data, "--method", "svdiff", "--max_train_steps", "2", "--train_batch_size", "2"]
+        + ["--learning_rate", "1e-2", "--output_dir", out, "--checkpointing_steps", "2", "--report_to", "none"]
+        + ["--validation_prompt", "a photo of thing 1", "--num_validation_images", "1", "--num_inference_steps", "2"]
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "MULTI_CPU" in proc.stderr and "Num processes: 2" in proc.stderr
+    with open(os.path.join(out, "training_summary.json")) as f:
+        assert json.load(f)["global_step"] == 2
+    assert os.path.isfile(os.path.join(out, "checkpoint-2", "trainable_parameters.safetensors"))
+    assert os.path.isfile(os.path.join(out, "validation", "image_0.png"))
+
+    import peft_memcontrol  # noqa: F401  (registers the methods with PEFT)
+
+    assert isinstance(PeftConfig.from_pretrained(out), SVDiffConfig)
+    pipe = load_tiny_pipeline()
+    reference = load_tiny_pipeline()
+    pipe.unet = PeftModel.from_pretrained(pipe.unet, out).get_base_model()
+    kwargs = {"num_inference_steps": 2, "output_type": "np"}
+    images = pipe("a photo of thing 1", generator=torch.Generator().manual_seed(0), **kwargs).images
+    base = reference("a photo of thing 1", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert images.shape == (1, 32, 32, 3)
+    assert abs(images - base).max() > 1e-4  # the trained adapter changes the output
+
+
+def test_bad_mask_file_is_a_clear_error(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    try:
+        from train_text_to_image_memcontrol import parse_args, read_mask
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(FileNotFoundError, match="--mask"):
+        read_mask(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([1, 0, 1]))
+    with pytest.raises(ValueError, match="slot name -> true/false"):
+        read_mask(str(bad))
+    good = tmp_path / "result.json"
+    good.write_text(json.dumps({"mask": {"down_blocks.0.attentions.0": True}, "learning_rate": 3e-4}))
+    assert read_mask(str(good)) == ({"down_blocks.0.attentions.0": True}, {"learning_rate": 3e-4})
+    with pytest.raises(ValueError, match="takes no mask"):
+        parse_args(["--method", "full", "--mask", str(good)])

@@ -1,0 +1,131 @@
+"""Tests of the embedded tiny pipeline: real CLIP tokenizer, SD v1.5 layout, shipped pretrained weights, demo set."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from peft_memcontrol.pipelines import load_tiny_pipeline, tiny_pipeline_path
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_tiny_pipeline()
+
+
+def test_loads_through_stable_diffusion_pipeline_offline(monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = StableDiffusionPipeline.from_pretrained(tiny_pipeline_path())
+    assert loaded.safety_checker is None
+    assert type(loaded.unet).__name__ == "UNet2DConditionModel"
+
+
+def test_known_prompts_give_clip_ids(pipe):
+    tokenizer = pipe.tokenizer
+    assert len(tokenizer) == 49408
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    with open(os.path.join(tiny_pipeline_path(), "tokenizer", "vocab.json")) as f:
+        vocab = json.load(f)
+    # Byte symbols first, then the same with </w>, then merges; the specials last.
+    assert vocab["!"] == 0 and vocab["!</w>"] == 256 and vocab["<|startoftext|>"] == 49406
+    for prompt in ("an astronaut riding a horse", "a handwritten digit seven", "the moon surface"):
+        expected = [49406] + [vocab[word + "</w>"] for word in prompt.split()] + [49407]
+        assert tokenizer(prompt).input_ids == expected
+    padded = tokenizer("a cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert tokenizer.model_max_length == 77 and padded[:4] == [49406, 320, 2368, 49407]
+    assert padded[4:] == [49407] * 73
+
+
+def test_sd15_layout_and_size(pipe):
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    slots = [name for name, module in pipe.unet.named_modules() if isinstance(module, Transformer2DModel)]
+    assert len(slots) == 16
+    assert sum(s.startswith("down_blocks") for s in slots) == 6
+    assert sum(s.startswith("mid_block") for s in slots) == 1
+    assert sum(s.startswith("up_blocks") for s in slots) == 9
+    n_params = sum(p.numel() for p in pipe.unet.parameters())
+    assert 2_400_000 < n_params < 2_500_000
+    assert pipe.text_encoder.config.vocab_size == 49408 and pipe.text_encoder.config.hidden_size == 32
+
+
+def test_shipped_weights_are_small():
+    total = 0
+    for root, _, files in os.walk(tiny_pipeline_path()):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    assert total < 12 * 2**20
+
+
+def test_generates_32px_images(pipe):
+    images = pipe(
+        ["a photo of a cat", "a handwritten digit seven"],
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (2, 32, 32, 3)
+    assert images.std() > 0.02  # not a blank image
+
+
+@pytest.mark.slow
+def test_pretrained_unet_beats_random_init(pipe):
+    """The shipped UNet denoises its pretraining domain far better than the same net with seeded random weights."""
+    pytest.importorskip("sklearn")
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from peft_memcontrol.pipelines.images import digit_samples
+    from peft_memcontrol.pipelines.tiny import TINY_UNET_CONFIG
+    from peft_memcontrol.training import image_to_tensor
+
+    samples = digit_samples()[:32]
+    images = torch.stack([image_to_tensor(image, None) for image, _ in samples])
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+        ids = pipe.tokenizer([c for _, c in samples], padding="max_length", max_length=77, return_tensors="pt")
+        text = pipe.text_encoder(ids.input_ids)[0]
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(100, 900, (len(samples),), generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        torch.manual_seed(0)
+        random_unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        trained = torch.nn.functional.mse_loss(pipe.unet(noisy, timesteps, text).sample, noise).item()
+        untrained = torch.nn.functional.mse_loss(random_unet(noisy, timesteps, text).sample, noise).item()
+        recon = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    assert trained < 0.6 * untrained
+    assert torch.nn.functional.mse_loss(recon, images).item() < 0.03  # the VAE reconstructs
+
+
+def _read_jsonl(folder: str) -> list[dict]:
+    with open(os.path.join(folder, "metadata.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
+    pytest.importorskip("skimage")
+    from peft_memcontrol.pipelines import build_demo_dataset
+    from peft_memcontrol.training import load_training_dataset
+
+    demo = build_demo_dataset(str(tmp_path / "a"), num_test=20, num_memorization=10, memorization_repeats=10)
+    again = build_demo_dataset(str(tmp_path / "b"), num_test=20, num_memorization=10, memorization_repeats=10)
+    for split in ("train", "test", "memorization"):
+        with (
+            open(os.path.join(demo.root, split, "metadata.jsonl")) as f,
+            open(os.path.join(again.root, split, "metadata.jsonl")) as g,
+        ):
+            assert f.read() == g.read()
+    rows, test_rows = _read_jsonl(demo.train_dir), _read_jsonl(demo.test_dir)
+    assert len(rows) == demo.num_train_rows == 70 + 10 * 10
+    assert len(test_rows) == 20
+    assert sum(r["memorized"] for r in rows) == 100
+    assert {r["source_id"] for r in rows if r["memorized"]} == set(demo.memorization_ids)
+    assert not {r["source_id"] for r in rows} & {r["source_id"] for r in test_rows}
+    assert len({r["text"] for r in rows}) == 80  # one distinct caption per face
+    train = load_training_dataset(train_data_dir=demo.train_dir, resolution=32)
+    assert len(train) == 170 and train[0]["pixel_values"].shape == (3, 32, 32)
