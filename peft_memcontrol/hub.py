@@ -216,6 +216,10 @@ def load_adapter(
     except Exception:
         _remove_adapter(model, adapter_name, had_adapters)
         raise
+    # diffusers' add_adapter activates the adapter as trainable; honour is_trainable
+    for name, parameter in model.named_parameters():
+        if name.endswith(f".{adapter_name}") and ".mc_" in name:
+            parameter.requires_grad_(is_trainable)
     return model
 
 

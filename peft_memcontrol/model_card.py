@@ -24,7 +24,7 @@ def card_section(config: MaskedTunerConfig) -> str:
     units = f"{sum(mask.values())} of {len(mask)}" if mask else "all"
     rows = [
         ("base model", config.base_model_name_or_path or "not recorded"),
-        ("method", f"{method} (PEFT type `{config.peft_type}`)"),
+        ("method", f"{method} (PEFT type `{getattr(config.peft_type, 'value', config.peft_type)}`)"),
         ("mask", f"{units} {config.granularity}s on, `{config.mask_semantics}` semantics"),
     ]
     if config.trainable_parameters is not None:

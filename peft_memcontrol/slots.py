@@ -40,9 +40,11 @@ class SlotContainer:
     maskable_prefix: str
 
     def contains(self, path: str) -> bool:
+        """Whether ``path`` lies inside this container."""
         return path.startswith(self.name + ".")
 
     def maskable(self, path: str) -> bool:
+        """Whether ``path`` lies in the part that ``"paper"`` semantics masks (the transformer blocks)."""
         return path.startswith(self.maskable_prefix)
 
 
@@ -242,10 +244,12 @@ class Mask(Mapping[str, bool]):
 
     @classmethod
     def all_on(cls, units: Iterable[str]) -> Mask:
+        """Every unit on: the plain method."""
         return cls(dict.fromkeys(units, True))
 
     @classmethod
     def all_off(cls, units: Iterable[str]) -> Mask:
+        """Every unit off."""
         return cls(dict.fromkeys(units, False))
 
     @classmethod
@@ -270,13 +274,16 @@ class Mask(Mapping[str, bool]):
         return [name for name, value in self._values.items() if value]
 
     def to_dict(self) -> dict[str, bool]:
+        """The mask as a plain dict (what configs store)."""
         return dict(self._values)
 
     def to_json(self) -> str:
+        """The mask as a JSON object (unit -> true/false)."""
         return json.dumps(self._values, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> Mask:
+        """Read a mask from JSON: a unit -> bool object, or any object with a ``"mask"`` entry (an adapter config)."""
         data = json.loads(text)
         if isinstance(data, dict) and "mask" in data and isinstance(data["mask"], dict):
             data = data["mask"]  # a search result or an adapter_config.json
@@ -285,11 +292,13 @@ class Mask(Mapping[str, bool]):
         return cls(data)
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the mask as JSON."""
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Mask:
+        """Read a mask written by `save` (or an adapter_config.json)."""
         with open(path, encoding="utf-8") as handle:
             return cls.from_json(handle.read())
 

@@ -325,6 +325,11 @@ class MaskedTuner(BaseTuner):
             for _, module in iter_base_modules(model)
             for parameter in module.parameters(recurse=False)
         )
+        if not peft_config.base_model_name_or_path:
+            # diffusers models keep their origin in config._name_or_path, where PEFT does not look
+            peft_config.base_model_name_or_path = (
+                getattr(getattr(model, "config", None), "_name_or_path", None) or None
+            )
         peft_config.trainable_parameters = self.count(model, peft_config, plan)
         peft_config.trainable_share = peft_config.trainable_parameters / max(base_parameters, 1)
         if not hasattr(self, "_plans"):
