@@ -1,0 +1,97 @@
+"""Pareto fronts of minimized objectives: non-dominated filtering, hypervolume, and picking one mask from a front.
+
+Hypervolume comes from ``moocore`` (what DEAP's own indicator uses); everything else is a few lines of numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether ``a`` Pareto-dominates ``b`` (all objectives minimized): no worse anywhere, better somewhere."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def non_dominated_indices(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points, in input order; of duplicate points only the first is kept."""
+    values = np.asarray(points, dtype=float)
+    if values.size == 0:
+        return []
+    kept: list[int] = []
+    for index, point in enumerate(values):
+        no_better = np.all(values <= point, axis=1)
+        strictly = np.any(values < point, axis=1)
+        if np.any(no_better & strictly):
+            continue
+        if any(np.array_equal(values[other], point) for other in kept):
+            continue
+        kept.append(index)
+    return kept
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference_point: Sequence[float]) -> float:
+    """The volume dominated by ``points`` and bounded by ``reference_point`` (minimization); 0 for no points.
+
+    Points that do not strictly dominate the reference point add nothing and are dropped first.
+    """
+    import moocore
+
+    ref = np.asarray(reference_point, dtype=float)
+    values = np.asarray(points, dtype=float).reshape(-1, ref.shape[0])
+    values = values[np.all(values < ref, axis=1)]
+    if len(values) == 0:
+        return 0.0
+    return float(moocore.hypervolume(values, ref=ref))
+
+
+def _normalized(points: np.ndarray) -> np.ndarray:
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return (points - low) / span
+
+
+def knee_point(points: Sequence[Sequence[float]]) -> int:
+    """Index of the knee of a front: the best trade-off, where improving one objective starts to cost much more.
+
+    With two objectives (normalized to [0, 1] over the front) it is the point farthest from the line through the
+    two extreme points (the classic definition); with more, the point closest to the ideal point (every
+    objective at its minimum over the front).
+    """
+    values = np.asarray(points, dtype=float)
+    if len(values) == 0:
+        raise ValueError("The front is empty.")
+    if len(values) <= 2:
+        return int(np.argmin(_normalized(values).sum(axis=1)))
+    normalized = _normalized(values)
+    if values.shape[1] == 2:
+        first, last = normalized[np.argmin(normalized[:, 0])], normalized[np.argmin(normalized[:, 1])]
+        direction = last - first
+        length = np.linalg.norm(direction)
+        if length == 0:
+            return 0
+        offset = normalized - first
+        distance = np.abs(offset[:, 0] * direction[1] - offset[:, 1] * direction[0]) / length
+        return int(np.argmax(distance))
+    return int(np.argmin(np.linalg.norm(normalized, axis=1)))
+
+
+def best_within(
+    points: Sequence[Mapping[str, float]],
+    minimize: str,
+    bounds: Mapping[str, float],
+) -> int | None:
+    """Index of the point with the lowest ``minimize`` among those with every ``bounds`` objective <= its bound.
+
+    The form of both "least memorization with quality within a bound" and "best quality with memorization within a
+    bound". Returns ``None`` when no point meets the bounds. Ties go to the first point.
+    """
+    best: int | None = None
+    for index, point in enumerate(points):
+        if all(point[name] <= bound for name, bound in bounds.items()) and (
+            best is None or point[minimize] < points[best][minimize]
+        ):
+            best = index
+    return best
