@@ -39,6 +39,7 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
         ["--train_data_dir", data, "--method", "svdiff", "--max_train_steps", "2", "--train_batch_size", "2"]
         + ["--learning_rate", "1e-2", "--output_dir", out, "--checkpointing_steps", "2", "--report_to", "none"]
         + ["--validation_prompt", "a photo of thing 1", "--num_validation_images", "1", "--num_inference_steps", "2"]
+        + ["--save_merged_pipeline"]
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "MULTI_CPU" in proc.stderr and "Num processes: 2" in proc.stderr
@@ -58,6 +59,13 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
     base = reference("a photo of thing 1", generator=torch.Generator().manual_seed(0), **kwargs).images
     assert images.shape == (1, 32, 32, 3)
     assert abs(images - base).max() > 1e-4  # the trained adapter changes the output
+
+    from diffusers import StableDiffusionPipeline
+
+    merged = StableDiffusionPipeline.from_pretrained(os.path.join(out, "merged_pipeline"))
+    merged.set_progress_bar_config(disable=True)
+    merged_images = merged("a photo of thing 1", generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert abs(merged_images - images).max() < 1e-3  # merging reproduces the adapter's output
 
 
 def test_bad_mask_file_is_a_clear_error(tmp_path):

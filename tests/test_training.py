@@ -156,38 +156,56 @@ def folder_dataset(tmp_path_factory):
     return load_training_dataset(train_data_dir=root, resolution=32)
 
 
-def _adapter_config():
-    from peft_memcontrol import SVDiffConfig
+def _assert_same_training_state(expected, got) -> None:
+    params_a, params_b = expected.trainable_parameters(), got.trainable_parameters()
+    assert params_a.keys() == params_b.keys() and len(params_a) > 0
+    for name in params_a:
+        assert torch.equal(params_a[name], params_b[name]), name
+    state_a, state_b = optimizer_state_tensors(expected), optimizer_state_tensors(got)
+    assert state_a.keys() == state_b.keys() and len(state_a) > 0
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    assert expected.lr_scheduler.state_dict()["last_epoch"] == got.lr_scheduler.state_dict()["last_epoch"]
 
-    return SVDiffConfig()
+
+def _run_resume(dataset, method_factory, tmp_path, **kwargs):
+    uninterrupted = make_trainer(dataset, method_factory(), str(tmp_path / "a"), max_train_steps=4, **kwargs)
+    result = uninterrupted.train()
+    first = make_trainer(
+        dataset, method_factory(), str(tmp_path / "b"), max_train_steps=2, checkpointing_steps=2, **kwargs
+    )
+    first.train()
+    assert os.path.isfile(tmp_path / "b" / "checkpoint-2" / "trainable_parameters.safetensors")
+    resumed = make_trainer(
+        dataset, method_factory(), str(tmp_path / "b"), max_train_steps=4, resume_from_checkpoint="latest", **kwargs
+    )
+    resumed_result = resumed.train()
+    assert resumed_result.global_step == result.global_step == 4
+    assert resumed_result.losses == result.losses[2:]
+    _assert_same_training_state(uninterrupted, resumed)
 
 
 def test_resume_continues_with_identical_state(folder_dataset, tmp_path):
-    full_run = make_trainer(folder_dataset, _adapter_config(), str(tmp_path / "a"), max_train_steps=4)
-    result = full_run.train()
-    assert result.global_step == 4
-
-    first = make_trainer(
-        folder_dataset, _adapter_config(), str(tmp_path / "b"), max_train_steps=2, checkpointing_steps=2
+    _run_resume(
+        folder_dataset, lambda: "full", tmp_path, train_batch_size=2, caption_transforms=[RandomWordAddition()]
     )
-    first.train()
-    assert os.path.isdir(tmp_path / "b" / "checkpoint-2")
-    resumed = make_trainer(
-        folder_dataset, _adapter_config(), str(tmp_path / "b"), max_train_steps=4, resume_from_checkpoint="latest"
-    )
-    resumed_result = resumed.train()
-    assert resumed_result.global_step == 4
-    assert resumed_result.losses == result.losses[2:]
 
-    expected, got = full_run.trainable_parameters(), resumed.trainable_parameters()
-    assert expected.keys() == got.keys() and len(expected) > 0
-    for name in expected:
-        assert torch.equal(expected[name], got[name]), name
-    expected_state, got_state = optimizer_state_tensors(full_run), optimizer_state_tensors(resumed)
-    assert expected_state.keys() == got_state.keys()
-    for key in expected_state:
-        assert torch.equal(expected_state[key], got_state[key]), key
-    assert full_run.lr_scheduler.state_dict()["last_epoch"] == resumed.lr_scheduler.state_dict()["last_epoch"]
+
+def test_resume_with_an_adapter_continues_with_identical_state(folder_dataset, tmp_path):
+    from peft_memcontrol import DiffFitConfig
+
+    _run_resume(folder_dataset, DiffFitConfig, tmp_path, train_batch_size=2)
+
+
+def test_svdiff_norm_shifts_get_their_own_learning_rate(folder_dataset, tmp_path):
+    from peft_memcontrol import SVDiffConfig
+
+    trainer = make_trainer(folder_dataset, SVDiffConfig(), str(tmp_path), learning_rate=3e-4)
+    rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    assert rates == [1e-6, 3e-4]
+    n_grouped = sum(len(group["params"]) for group in trainer.optimizer.param_groups)
+    assert n_grouped == len(trainer.trainable_parameters())
+    assert all(not p.requires_grad for n, p in trainer.base_unet.named_parameters() if "mc_" not in n)
 
 
 def test_missing_resume_dir_is_a_clear_error(folder_dataset, tmp_path):
@@ -198,7 +216,7 @@ def test_missing_resume_dir_is_a_clear_error(folder_dataset, tmp_path):
 
 def test_nan_loss_names_the_step(folder_dataset, tmp_path):
     trainer = make_trainer(
-        folder_dataset, "full", str(tmp_path), learning_rate=1e38, max_grad_norm=0.0, max_train_steps=3
+        folder_dataset, "full", str(tmp_path), learning_rate=1e30, max_grad_norm=0.0, max_train_steps=3
     )
     with pytest.raises(FloatingPointError, match=r"at step 1 \(micro-step 1\)"):
         trainer.train()
@@ -206,12 +224,13 @@ def test_nan_loss_names_the_step(folder_dataset, tmp_path):
 
 def test_threshold_filtering_drops_exact_counts(folder_dataset, tmp_path):
     trainer = make_trainer(
-        folder_dataset, _adapter_config(), str(tmp_path), train_batch_size=10, noise_norm_threshold="auto"
+        folder_dataset, "full", str(tmp_path), train_batch_size=10, max_train_steps=1, noise_norm_threshold="auto"
     )
     result = trainer.train()
-    assert (result.seen_samples, result.dropped_samples) == (20, 2)
-    strict = make_trainer(folder_dataset, _adapter_config(), str(tmp_path / "s"), noise_norm_threshold=-1.0)
-    assert strict.train().dropped_samples == 8  # every sample's norm is above -1
+    assert (result.seen_samples, result.dropped_samples) == (10, 1)
+    strict = make_trainer(folder_dataset, "full", str(tmp_path / "s"), max_train_steps=1, noise_norm_threshold=-1.0)
+    assert strict.train().dropped_samples == 4  # every norm is above -1: the whole batch is dropped
+    assert strict.train().losses == []  # already at max_train_steps: nothing more to do
 
 
 def test_trainer_applies_caption_transforms_and_dropout(folder_dataset, tmp_path):
@@ -241,10 +260,13 @@ def test_full_fine_tuning_trains_every_unet_parameter(folder_dataset, tmp_path):
 
 
 def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_path):
+    from peft_memcontrol import DiffFitConfig
+
     trainer = make_trainer(
         folder_dataset,
-        _adapter_config(),
+        DiffFitConfig(),
         str(tmp_path),
+        train_batch_size=2,
         prediction_type="v_prediction",
         snr_gamma=5.0,
         gradient_accumulation_steps=2,
@@ -254,5 +276,6 @@ def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_pa
     result = trainer.train()
     assert trainer.noise_scheduler.config.prediction_type == "v_prediction"
     assert result.global_step == 2 and len(result.losses) == 2
+    assert result.seen_samples == 2 * 2 * 2  # steps x accumulation x batch
     assert all(math.isfinite(x) for x in result.losses)
     assert trainer.base_unet.is_gradient_checkpointing

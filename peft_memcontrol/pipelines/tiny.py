@@ -88,6 +88,7 @@ def load_tiny_pipeline(torch_dtype: torch.dtype = torch.float32, device: str | t
             f"The tiny pipeline is missing at {path}. Rebuild it with `python scripts/build_tiny_pipeline.py`."
         )
     pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+    pipe.tokenizer.model_max_length = TINY_TEXT_ENCODER_CONFIG["max_position_embeddings"]
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe
 

@@ -148,6 +148,9 @@ class MemControlTrainer:
         self.method = method
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer
+        if tokenizer.model_max_length is None or tokenizer.model_max_length > 100_000:
+            # A tokenizer folder without tokenizer_config.json does not know CLIP's 77: take the text encoder's.
+            tokenizer.model_max_length = text_encoder.config.max_position_embeddings
         self.noise_scheduler = noise_scheduler
         if config.prediction_type is not None:
             noise_scheduler.register_to_config(prediction_type=config.prediction_type)
@@ -398,11 +401,7 @@ class MemControlTrainer:
             return self.text_encoder(ids, return_dict=False)[0]
 
     def _max_length(self) -> int:
-        """The tokenizer's max length, or the text encoder's positions when the tokenizer does not say."""
-        length = self.tokenizer.model_max_length
-        if length is None or length > 100_000:
-            length = self.text_encoder.config.max_position_embeddings
-        return int(length)
+        return int(self.tokenizer.model_max_length)
 
     def step_generator(self, micro_step: int) -> torch.Generator:
         """The CPU generator of one micro-step on this process: every random draw of the step comes from it."""
