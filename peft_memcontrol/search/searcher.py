@@ -258,6 +258,9 @@ class MaskSearcher:
         self.constraint = constraint
         self.progress = progress
         self._fitness_cls = _fitness_class(len(self.objectives))
+        check_space = getattr(evaluator, "check_space", None)
+        if check_space is not None:
+            check_space(space)
         self._reset_state()
 
     # ------------------------------------------------------------------ state

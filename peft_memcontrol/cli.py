@@ -1,0 +1,219 @@
+"""The ``memcontrol`` command. Subcommands register themselves in `SUBCOMMANDS` (``search`` here; more can be added
+with their own ``add_<name>_parser`` function).
+
+    memcontrol search --train_data_dir faces --test_data_dir faces-test --objectives noise_norm fid \\
+        --population_size 20 --generations 10 --max_train_steps 100 --output_dir search-out
+
+Without ``--train_data_dir`` it searches on the package's tiny pipeline and the LFW demo set (offline, CPU); with
+``--synthetic 10`` it searches a closed-form toy problem instead of training (to try the tool and its outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+
+logger = logging.getLogger("memcontrol")
+
+
+def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``search`` subcommand: flags of the launch script, plus population, generations, objectives, budget and
+    executor."""
+    parser = subparsers.add_parser("search", help="Search MemControl masks with NSGA-II.", description=__doc__)
+    model = parser.add_argument_group("model and data")
+    model.add_argument("--pretrained_model_name_or_path", default=None, help="Default: the embedded tiny pipeline.")
+    model.add_argument("--train_data_dir", default=None, help="Image folder (metadata.jsonl); default: demo faces.")
+    model.add_argument("--test_data_dir", default=None, help="Held-out image folder for fid / val_loss.")
+    model.add_argument("--resolution", type=int, default=None)
+    model.add_argument("--proxy_fraction", type=float, default=0.01)
+    model.add_argument("--proxy_num_memorization", type=int, default=10)
+    model.add_argument("--proxy_repeats", type=int, default=50)
+
+    method = parser.add_argument_group("method and genome")
+    method.add_argument("--method", choices=("svdiff", "difffit", "attention"), default="svdiff")
+    method.add_argument("--mask_semantics", choices=("paper", "strict"), default="paper")
+    method.add_argument("--granularity", choices=("slot", "block", "layer"), default="slot")
+    method.add_argument("--no_reference_layout", action="store_true", help="All units, not the reference's 13 bits.")
+    method.add_argument("--learning_rate_min", type=float, default=1e-5)
+    method.add_argument("--learning_rate_max", type=float, default=1e-3)
+    method.add_argument("--learning_rate", type=float, default=None, help="Fix the learning rate (no lr gene).")
+
+    train = parser.add_argument_group("inner loop")
+    train.add_argument("--objectives", nargs="+", default=["noise_norm", "fid"], help="Two or three, all minimized.")
+    train.add_argument("--max_train_steps", type=int, default=100, help="K: steps of a full-budget evaluation.")
+    train.add_argument("--train_batch_size", type=int, default=8)
+    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    train.add_argument("--caption_dropout_probability", type=float, default=0.1)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num_fid_images", type=int, default=100)
+    train.add_argument("--num_inference_steps", type=int, default=50)
+    train.add_argument("--guidance_scale", type=float, default=4.0)
+    train.add_argument("--num_extraction_generations", type=int, default=10)
+    train.add_argument("--feature", default="efficientnet-lite0", help="Feature space of fid and neg_amd.")
+
+    search = parser.add_argument_group("search")
+    search.add_argument("--population_size", type=int, default=20)
+    search.add_argument("--generations", type=int, default=10)
+    search.add_argument("--num_offspring", type=int, default=None)
+    search.add_argument("--crossover_probability", type=float, default=0.9)
+    search.add_argument("--mutation_probability", type=float, default=1.0)
+    search.add_argument("--fidelities", type=float, nargs="+", default=[1.0], help="e.g. 0.25 1.0 (multi-fidelity).")
+    search.add_argument("--promote_fraction", type=float, default=0.5)
+    search.add_argument("--max_trainable_share", type=float, default=None, help="Constraint, e.g. 0.0002.")
+    search.add_argument("--executor", choices=("serial", "process", "ray"), default="serial")
+    search.add_argument("--num_workers", type=int, default=None, help="Process pool size.")
+    search.add_argument("--gpus", type=int, nargs="*", default=None, help="GPU ids, one per process worker.")
+    search.add_argument("--gpus_per_task", type=float, default=0.0, help="Ray: GPUs per evaluation.")
+    search.add_argument("--ray_address", default=None)
+    search.add_argument("--restart", action="store_true", help="Refuse to continue an existing search folder.")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output_dir", default="memcontrol-search")
+    output.add_argument("--max_quality", type=float, default=None, help="Bound for the least-memorization pick.")
+    output.add_argument("--max_memorization", type=float, default=None, help="Bound for the best-quality pick.")
+    output.add_argument("--push_to_hub", action="store_true", help="Push the knee mask with the front in its card.")
+    output.add_argument("--hub_model_id", default=None)
+    output.add_argument("--no_progress", action="store_true")
+
+    toy = parser.add_argument_group("synthetic problem (no training)")
+    toy.add_argument("--synthetic", type=int, default=None, metavar="N_BITS", help="Search a closed-form problem.")
+    toy.add_argument("--synthetic_noise", type=float, default=0.0)
+    toy.add_argument("--synthetic_delay", type=float, default=0.0, help="Seconds per evaluation.")
+    parser.set_defaults(handler=run_search)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_search_parser]
+"""Functions that add one subcommand each (``search``; a ``demo`` subcommand can be appended)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memcontrol", description="MemControl: mask search for PEFT fine-tuning.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def _search_setup(args: argparse.Namespace):
+    """(space, evaluator, constraint) from the flags."""
+    from .search import GenomeSpace, SyntheticMaskProblem
+    from .search.inner_loop import InnerLoop, TrainableShareConstraint
+
+    lr_bounds = None if args.learning_rate is not None else (args.learning_rate_min, args.learning_rate_max)
+    if args.synthetic is not None:
+        units = tuple(f"unit.{i}" for i in range(args.synthetic))
+        space = GenomeSpace(units=units, method=args.method, learning_rate_bounds=lr_bounds, name="synthetic")
+        evaluator = SyntheticMaskProblem(
+            args.synthetic, seed=args.seed, noise=args.synthetic_noise, delay=args.synthetic_delay
+        )
+        return space, evaluator, None
+
+    from diffusers import UNet2DConditionModel
+
+    from .counting import meta_unet
+    from .pipelines import tiny_pipeline_path
+    from .tuners import MemControlConfig
+
+    model_path = args.pretrained_model_name_or_path or tiny_pipeline_path()
+    train_dir, test_dir = args.train_data_dir, args.test_data_dir
+    if train_dir is None:
+        from .pipelines import build_demo_dataset
+
+        demo = build_demo_dataset(os.path.join(args.output_dir, "demo-data"), seed=args.seed)
+        train_dir, test_dir = demo.train_dir, test_dir or demo.test_dir
+    unet_config = dict(UNet2DConditionModel.load_config(model_path, subfolder="unet"))
+    config_kwargs = {"mask_semantics": args.mask_semantics, "granularity": args.granularity}
+    model = meta_unet({k: v for k, v in unet_config.items() if not k.startswith("_")})
+    space = GenomeSpace.for_model(
+        model,
+        MemControlConfig(method=args.method, **config_kwargs),
+        layout=not args.no_reference_layout,
+        learning_rate_bounds=lr_bounds,
+    )
+    evaluator = InnerLoop(
+        train_dir,
+        objectives=args.objectives,
+        pretrained_model_name_or_path=args.pretrained_model_name_or_path,
+        test_data_dir=test_dir,
+        max_train_steps=args.max_train_steps,
+        train_batch_size=args.train_batch_size,
+        learning_rate=args.learning_rate or 1e-4,
+        mixed_precision=args.mixed_precision,
+        caption_dropout_probability=args.caption_dropout_probability,
+        seed=args.seed,
+        resolution=args.resolution,
+        proxy_fraction=args.proxy_fraction,
+        proxy_num_memorization=args.proxy_num_memorization,
+        proxy_repeats=args.proxy_repeats,
+        num_fid_images=args.num_fid_images,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        num_extraction_generations=args.num_extraction_generations,
+        feature=args.feature,
+        **config_kwargs,
+    )
+    constraint = None
+    if args.max_trainable_share is not None:
+        constraint = TrainableShareConstraint(args.max_trainable_share, unet_config, **config_kwargs)
+    return space, evaluator, constraint
+
+
+def _executor(args: argparse.Namespace):
+    from .search import ProcessPoolExecutor, RayExecutor, SerialExecutor
+
+    if args.executor == "process":
+        return ProcessPoolExecutor(num_workers=args.num_workers, gpus=args.gpus or None)
+    if args.executor == "ray":
+        return RayExecutor(num_gpus=args.gpus_per_task, address=args.ray_address)
+    return SerialExecutor()
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Run (or resume) a search and write its outputs; returns the exit status."""
+    from .search import MaskSearcher, SearchConfig
+    from .search.report import push_mask_to_hub, write_search_outputs
+
+    space, evaluator, constraint = _search_setup(args)
+    config = SearchConfig(
+        population_size=args.population_size,
+        generations=args.generations,
+        num_offspring=args.num_offspring,
+        crossover_probability=args.crossover_probability,
+        mutation_probability=args.mutation_probability,
+        fidelities=tuple(args.fidelities),
+        promote_fraction=args.promote_fraction,
+        seed=args.seed,
+    )
+    searcher = MaskSearcher(
+        space,
+        evaluator,
+        config=config,
+        output_dir=args.output_dir,
+        executor=_executor(args),
+        constraint=constraint,
+        progress=not args.no_progress,
+    )
+    result = searcher.run(resume=not args.restart)
+    paths = write_search_outputs(result, args.output_dir, args.max_quality, args.max_memorization)
+    print(f"Front of {len(result.front)} masks, hypervolume {result.hypervolume:.6g}; outputs in {args.output_dir}")
+    for name, folder in paths["chosen"].items():
+        print(f"  {name}: {folder}")
+    if args.push_to_hub and result.front:
+        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        print(push_mask_to_hub(result, result.knee(), repo_id))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``memcontrol`` console script."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

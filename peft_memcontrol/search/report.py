@@ -1,0 +1,196 @@
+"""What a search leaves on disk: the front (CSV and JSON), hypervolume per generation (CSV), a Pareto-front plot and a
+hypervolume curve (PNG, with matplotlib), and the chosen masks as `MemControlConfig` folders; optionally a chosen mask
+pushed to the Hub with the front in its model card.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from typing import Any
+
+from .journal import atomic_write_json
+from .searcher import FrontPoint, SearchResult
+
+
+logger = logging.getLogger(__name__)
+
+
+def _front_rows(result: SearchResult) -> list[dict[str, Any]]:
+    rows = []
+    for point in result.front:
+        candidate = point.candidate
+        row: dict[str, Any] = dict(point.scores)
+        row["learning_rate"] = candidate.learning_rate
+        row["genome"] = "".join(str(bit) for bit in candidate.bits)
+        row["units_on"] = {method: [u for u, on in mask.items() if on] for method, mask in candidate.masks.items()}
+        row["generation"] = point.record.get("generation")
+        row["key"] = candidate.key
+        rows.append(row)
+    return rows
+
+
+def write_front(result: SearchResult, output_dir: str) -> dict[str, str]:
+    """``front.csv``, ``front.json`` and ``hypervolume.csv`` in ``output_dir``; returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    rows = _front_rows(result)
+    paths = {name: os.path.join(output_dir, name) for name in ("front.csv", "front.json", "hypervolume.csv")}
+    columns = [*result.objectives, "learning_rate", "genome", "generation", "units_on"]
+    with open(paths["front.csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "units_on": ";".join(f"{m}:{'+'.join(u)}" for m, u in row["units_on"].items())})
+    atomic_write_json(
+        paths["front.json"],
+        {
+            "objectives": result.objectives,
+            "reference_point": result.reference_point,
+            "hypervolume": result.hypervolume,
+            "units": list(result.space.units),
+            "front": [
+                {**row, "masks": point.candidate.masks, "genome": list(point.candidate.genome)}
+                for row, point in zip(rows, result.front)
+            ],
+        },
+    )
+    with open(paths["hypervolume.csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["generation", "hypervolume", "evaluations", "cost", "seconds"])
+        writer.writeheader()
+        writer.writerows(result.history)
+    return paths
+
+
+def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
+    """``front.png`` (every full-budget evaluation, the front highlighted; first two objectives) and
+    ``hypervolume.png``. Needs matplotlib (``pip install "peft-memcontrol[plots]"``)."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError('Plots need matplotlib: pip install "peft-memcontrol[plots]".') from error
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    x_name, y_name = result.objectives[0], result.objectives[min(1, len(result.objectives) - 1)]
+    index = {name: i for i, name in enumerate(result.objectives)}
+    evaluated = [r["values"] for r in result.records if r["status"] == "ok" and r["budget"] == 1.0]
+    paths = {"front.png": os.path.join(output_dir, "front.png"), "hypervolume.png": ""}
+    figure, axes = plt.subplots(figsize=(5, 4))
+    if evaluated:
+        axes.scatter([v[index[x_name]] for v in evaluated], [v[index[y_name]] for v in evaluated], s=10, c="0.7")
+    front = sorted(result.front, key=lambda p: p.scores[x_name])
+    axes.plot([p.scores[x_name] for p in front], [p.scores[y_name] for p in front], "o-", color="C3", label="front")
+    axes.set_xlabel(f"{x_name} (lower is better)")
+    axes.set_ylabel(f"{y_name} (lower is better)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(paths["front.png"], dpi=120)
+    plt.close(figure)
+
+    paths["hypervolume.png"] = os.path.join(output_dir, "hypervolume.png")
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.plot([h["cost"] for h in result.history], [h["hypervolume"] for h in result.history], "o-")
+    axes.set_xlabel("cost (full-budget evaluations)")
+    axes.set_ylabel("hypervolume")
+    figure.tight_layout()
+    figure.savefig(paths["hypervolume.png"], dpi=120)
+    plt.close(figure)
+    return paths
+
+
+def choose_masks(
+    result: SearchResult,
+    max_quality: float | None = None,
+    max_memorization: float | None = None,
+) -> dict[str, FrontPoint]:
+    """The knee, and, when bounds are given, the least-memorizing mask with quality <= ``max_quality`` and the
+    best-quality mask with memorization <= ``max_memorization`` (first objective = memorization, second = quality).
+    """
+    if not result.front:
+        return {}
+    chosen = {"knee": result.knee()}
+    if len(result.objectives) >= 2:
+        if max_quality is not None and (point := result.least_memorization(max_quality)) is not None:
+            chosen["least_memorization"] = point
+        if max_memorization is not None and (point := result.best_quality(max_memorization)) is not None:
+            chosen["best_quality"] = point
+    return chosen
+
+
+def save_chosen(result: SearchResult, chosen: dict[str, FrontPoint], output_dir: str) -> dict[str, str]:
+    """Each chosen mask as a `MemControlConfig` folder (``adapter_config.json`` and model card) under
+    ``output_dir/chosen/<name>``: load with ``PeftConfig.from_pretrained`` and pass to ``get_peft_model``."""
+    folders = {}
+    for name, point in chosen.items():
+        if len(point.candidate.masks) != 1:
+            logger.warning("Chosen mask %r mixes methods; it is kept in front.json only.", name)
+            continue
+        folder = os.path.join(output_dir, "chosen", name)
+        result.to_config(point).save_pretrained(folder)
+        folders[name] = folder
+    return folders
+
+
+def front_card_section(result: SearchResult) -> str:
+    """Markdown: the search's front as a table, for a model card."""
+    header = "| " + " | ".join([*result.objectives, "learning rate", "units on"]) + " |"
+    lines = [header, "|" + "---|" * (len(result.objectives) + 2)]
+    for point in result.front:
+        on = sum(sum(mask.values()) for mask in point.candidate.masks.values())
+        lr = f"{point.candidate.learning_rate:.3g}" if point.candidate.learning_rate else "-"
+        values = [f"{point.scores[name]:.5g}" for name in result.objectives]
+        lines.append("| " + " | ".join([*values, lr, str(on)]) + " |")
+    return "## Pareto front of the mask search\n\n" + "\n".join(lines) + "\n"
+
+
+def write_search_outputs(
+    result: SearchResult,
+    output_dir: str,
+    max_quality: float | None = None,
+    max_memorization: float | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Everything a search leaves: front files, plots (skipped with a warning without matplotlib), chosen masks."""
+    paths: dict[str, Any] = write_front(result, output_dir)
+    if plots:
+        try:
+            paths.update(plot_search(result, output_dir))
+        except ImportError as error:
+            logger.warning("%s Skipping the plots.", error)
+    paths["chosen"] = save_chosen(result, choose_masks(result, max_quality, max_memorization), output_dir)
+    return paths
+
+
+def push_mask_to_hub(
+    result: SearchResult,
+    point: FrontPoint,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+) -> str:
+    """Upload a chosen mask's `MemControlConfig` with a model card that shows the whole front; returns the commit URL.
+
+    The repository then holds a mask, not trained weights: ``PeftConfig.from_pretrained(repo_id)`` gives the config
+    to fine-tune with (``get_peft_model(unet, config)``).
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        write_mask_card(result, point, folder)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload MemControl mask")
+    return str(info)
+
+
+def write_mask_card(result: SearchResult, point: FrontPoint, folder: str) -> str:
+    """Write the point's config and a model card with the front into ``folder`` (what `push_mask_to_hub` uploads)."""
+    result.to_config(point).save_pretrained(folder)
+    readme = os.path.join(folder, "README.md")
+    with open(readme, encoding="utf-8") as handle:
+        text = handle.read()
+    with open(readme, "w", encoding="utf-8") as handle:
+        handle.write(text.rstrip() + "\n\n" + front_card_section(result))
+    return readme
