@@ -14,6 +14,8 @@ from training_helpers import write_image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_text_to_image_memcontrol.py")
+SLOTS = [f"down_blocks.{b}.attentions.{a}" for b in range(3) for a in range(2)] + ["mid_block.attentions.0"]
+SLOTS += [f"up_blocks.{b}.attentions.{a}" for b in range(1, 4) for a in range(3)]
 
 
 def _launch(args: list[str], num_processes: int = 2, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -35,8 +37,12 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
 
     data = write_image_folder(str(tmp_path / "data"), n=8)
     out = str(tmp_path / "out")
+    # Every other slot masked out: under DDP, frozen masked parts must not stall the gradient all-reduce.
+    mask = {slot: i % 2 == 0 for i, slot in enumerate(SLOTS)}
+    (tmp_path / "mask.json").write_text(json.dumps(mask))
     proc = _launch(
-        ["--train_data_dir", data, "--method", "svdiff", "--max_train_steps", "2", "--train_batch_size", "2"]
+        ["--train_data_dir", data, "--method", "svdiff", "--mask", str(tmp_path / "mask.json")]
+        + ["--max_train_steps", "2", "--train_batch_size", "2"]
         + ["--learning_rate", "1e-2", "--output_dir", out, "--checkpointing_steps", "2", "--report_to", "none"]
         + ["--validation_prompt", "a photo of thing 1", "--num_validation_images", "1", "--num_inference_steps", "2"]
         + ["--save_merged_pipeline"]
@@ -50,7 +56,8 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
 
     import peft_memcontrol  # noqa: F401  (registers the methods with PEFT)
 
-    assert isinstance(PeftConfig.from_pretrained(out), SVDiffConfig)
+    saved = PeftConfig.from_pretrained(out)
+    assert isinstance(saved, SVDiffConfig) and saved.mask == mask
     pipe = load_tiny_pipeline()
     reference = load_tiny_pipeline()
     pipe.unet = PeftModel.from_pretrained(pipe.unet, out).get_base_model()
