@@ -129,3 +129,26 @@ def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
     assert len({r["text"] for r in rows}) == 80  # one distinct caption per face
     train = load_training_dataset(train_data_dir=demo.train_dir, resolution=32)
     assert len(train) == 170 and train[0]["pixel_values"].shape == (3, 32, 32)
+
+
+def test_build_script_vocabulary_matches_shipped_files():
+    """The build script's vocabulary rule, fed the shipped merges, reproduces the shipped vocab.json exactly."""
+    import gzip
+    import importlib.util
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "build_tiny_pipeline", os.path.join(repo, "scripts", "build_tiny_pipeline.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = os.path.join(tiny_pipeline_path(), "tokenizer")
+    with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
+        merges = f.read().splitlines()[1:]
+    assert len(merges) == 48894
+    # The open_clip file has a header line, the merges, then more merges CLIP does not use.
+    bpe = gzip.compress(("bpe_simple_vocab_16e6.txt#version: 0.2\n" + "\n".join(merges + ["x y"] * 3)).encode())
+    vocab, rebuilt_merges = module.build_vocab_and_merges(bpe)
+    with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+        assert vocab == json.load(f)
+    assert rebuilt_merges == merges
