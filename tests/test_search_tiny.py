@@ -1,0 +1,50 @@
+"""One real search on the tiny pipeline: the inner loop trains with the project's trainer, scores with the metrics,
+and the front's masks load through get_peft_model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.mark.slow
+def test_real_search_on_tiny_pipeline_gives_loadable_masks(tmp_path):
+    from peft import PeftConfig, get_peft_model
+
+    from peft_memcontrol.pipelines import build_demo_dataset, load_tiny_pipeline
+    from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig
+    from peft_memcontrol.search.inner_loop import InnerLoop
+    from peft_memcontrol.search.report import write_search_outputs
+
+    data = build_demo_dataset(str(tmp_path / "data"), num_test=4, num_memorization=2, memorization_repeats=2)
+    loop = InnerLoop(
+        data.train_dir,
+        objectives=["noise_norm", "val_loss"],
+        test_data_dir=data.test_dir,
+        max_train_steps=2,
+        train_batch_size=2,
+        proxy_fraction=0.05,
+        proxy_num_memorization=2,
+        proxy_repeats=2,
+    )
+    space = GenomeSpace.from_layout("sd15-reference-13")
+    config = SearchConfig(population_size=4, generations=1, num_offspring=2, seed=0)
+    result = MaskSearcher(space, loop, config=config, output_dir=tmp_path / "search", progress=False).run()
+    assert all(r["status"] == "ok" for r in result.records), [r.get("error") for r in result.records]
+    assert result.front and result.hypervolume > 0
+
+    base = loop.load().unet
+    before = {name: p.detach().clone() for name, p in base.named_parameters()}
+    paths = write_search_outputs(result, str(tmp_path / "search"), plots=False)
+    unet = load_tiny_pipeline().unet
+    for point in result.front:
+        config = result.to_config(point)
+        model = get_peft_model(unet, config)
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+        model.unload()
+    loaded = PeftConfig.from_pretrained(paths["chosen"]["knee"])
+    assert loaded.mask == result.knee().candidate.mask.to_dict()
+    assert loaded.learning_rate == result.knee().candidate.learning_rate
+    # The shared base model is left as it was found (adapters unloaded, weights untouched).
+    after = dict(base.named_parameters())
+    assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
