@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_raising_and_diverging_candidates_are_recorded_and_the_search_goes_on(pr
     config = SearchConfig(population_size=8, generations=3, seed=0)
     result = MaskSearcher(bit_space(), evaluator, config=config, output_dir=tmp_path, progress=False).run()
     assert len(result.history) == 4
-    journal = [json.loads(line) for line in open(tmp_path / "journal.jsonl")]
+    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
     by_genome = {"".join(map(str, r["genome"])): r for r in journal}
     assert by_genome["1" * 10]["status"] == "error"
     assert "synthetic training failure" in by_genome["1" * 10]["error"]
@@ -204,17 +205,37 @@ def test_kill_and_resume_gives_the_same_front(tmp_path):
 
 def test_resume_refuses_other_settings_and_restart_refuses_existing_folder(problem, tmp_path):
     evaluator = problem[0]
-    MaskSearcher(bit_space(), evaluator, config=SearchConfig(population_size=6, generations=1), output_dir=tmp_path,
-                 progress=False).run()
+    MaskSearcher(
+        bit_space(),
+        evaluator,
+        config=SearchConfig(population_size=6, generations=1),
+        output_dir=tmp_path,
+        progress=False,
+    ).run()
     with pytest.raises(ValueError, match="other settings"):
-        MaskSearcher(bit_space(), evaluator, config=SearchConfig(population_size=8, generations=1),
-                     output_dir=tmp_path, progress=False).run()
+        MaskSearcher(
+            bit_space(),
+            evaluator,
+            config=SearchConfig(population_size=8, generations=1),
+            output_dir=tmp_path,
+            progress=False,
+        ).run()
     with pytest.raises(FileExistsError):
-        MaskSearcher(bit_space(), evaluator, config=SearchConfig(population_size=6, generations=1),
-                     output_dir=tmp_path, progress=False).run(resume=False)
+        MaskSearcher(
+            bit_space(),
+            evaluator,
+            config=SearchConfig(population_size=6, generations=1),
+            output_dir=tmp_path,
+            progress=False,
+        ).run(resume=False)
     # More generations continue the same search.
-    longer = MaskSearcher(bit_space(), evaluator, config=SearchConfig(population_size=6, generations=3),
-                          output_dir=tmp_path, progress=False).run()
+    longer = MaskSearcher(
+        bit_space(),
+        evaluator,
+        config=SearchConfig(population_size=6, generations=3),
+        output_dir=tmp_path,
+        progress=False,
+    ).run()
     assert [h["generation"] for h in longer.history] == [0, 1, 2, 3]
 
 
@@ -235,7 +256,9 @@ def test_multi_fidelity_promotes_only_the_best_share():
 def test_learning_rate_gene_stays_in_bounds_and_on_grid():
     space = GenomeSpace(units=UNITS, learning_rate_bounds=(1e-5, 1e-3))
     evaluator = SyntheticMaskProblem(10, seed=0)
-    result = MaskSearcher(space, evaluator, config=SearchConfig(population_size=8, generations=4), progress=False).run()
+    result = MaskSearcher(
+        space, evaluator, config=SearchConfig(population_size=8, generations=4), progress=False
+    ).run()
     for record in result.records:
         gene = record["genome"][-1]
         assert -5.0 <= gene <= -3.0 and round(gene, 3) == gene
@@ -264,7 +287,9 @@ def test_knee_and_bounded_choices():
     assert knee_point(front) == 1  # farthest from the line through (0, 1) and (1, 0)
     space = bit_space()
     evaluator = SyntheticMaskProblem(10, seed=0)
-    result = MaskSearcher(space, evaluator, config=SearchConfig(population_size=10, generations=4), progress=False).run()
+    result = MaskSearcher(
+        space, evaluator, config=SearchConfig(population_size=10, generations=4), progress=False
+    ).run()
     memo, quality = "memorization", "quality"
     picked = result.least_memorization(max_quality=0.5)
     feasible = [p for p in result.front if p.scores[quality] <= 0.5]
@@ -281,10 +306,34 @@ def test_cli_writes_front_plots_and_loadable_configs(tmp_path):
     from peft_memcontrol.cli import main
     from peft_memcontrol.search.report import write_mask_card
 
-    assert main(["search", "--synthetic", "10", "--population_size", "6", "--generations", "2", "--output_dir",
-                 str(tmp_path), "--max_quality", "0.6", "--no_progress"]) == 0
-    for name in ("journal.jsonl", "checkpoint.json", "front.csv", "front.json", "hypervolume.csv", "front.png",
-                 "hypervolume.png"):
+    assert (
+        main(
+            [
+                "search",
+                "--synthetic",
+                "10",
+                "--population_size",
+                "6",
+                "--generations",
+                "2",
+                "--output_dir",
+                str(tmp_path),
+                "--max_quality",
+                "0.6",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "journal.jsonl",
+        "checkpoint.json",
+        "front.csv",
+        "front.json",
+        "hypervolume.csv",
+        "front.png",
+        "hypervolume.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     front = json.loads((tmp_path / "front.json").read_text())
     config = PeftConfig.from_pretrained(str(tmp_path / "chosen" / "knee"))
@@ -295,10 +344,14 @@ def test_cli_writes_front_plots_and_loadable_configs(tmp_path):
 
     from peft_memcontrol.search import MaskSearcher as Searcher
 
-    searcher = Searcher(GenomeSpace(units=UNITS, learning_rate_bounds=(1e-5, 1e-3), name="synthetic"),
-                        SyntheticMaskProblem(10), config=SearchConfig(population_size=6, generations=2),
-                        output_dir=tmp_path, progress=False)
+    searcher = Searcher(
+        GenomeSpace(units=UNITS, learning_rate_bounds=(1e-5, 1e-3), name="synthetic"),
+        SyntheticMaskProblem(10),
+        config=SearchConfig(population_size=6, generations=2),
+        output_dir=tmp_path,
+        progress=False,
+    )
     result = searcher.run()
     readme = write_mask_card(result, result.knee(), str(tmp_path / "card"))
-    text = open(readme).read()
+    text = Path(readme).read_text()
     assert "Pareto front of the mask search" in text and text.count("\n| ") >= len(result.front)
