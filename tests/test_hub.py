@@ -256,3 +256,17 @@ def test_lora_adapters_are_pointed_to_diffusers(tmp_path):
     model.save_pretrained(tmp_path / "lora")
     with pytest.raises(ValueError, match="load_lora_adapter"):
         pm.load_adapter(build_sd15_unet(), str(tmp_path / "lora"))
+
+
+def test_low_cpu_mem_usage_load_gives_the_same_outputs(tmp_path):
+    model, folder = saved_adapter(tmp_path, "svdiff")
+    loaded = PeftModel.from_pretrained(build_sd15_unet(), folder, low_cpu_mem_usage=True)
+    assert not any(p.device.type == "meta" for p in loaded.parameters())
+    assert torch.equal(run(loaded, sd15_inputs()), run(model, sd15_inputs()))
+
+
+def test_print_trainable_parameters_reports_the_recorded_count(tmp_path, capsys):
+    model, _ = saved_adapter(tmp_path, "difffit")
+    model.print_trainable_parameters()
+    count = model.peft_config["default"].trainable_parameters
+    assert f"trainable params: {count:,}" in capsys.readouterr().out
