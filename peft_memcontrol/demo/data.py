@@ -1,0 +1,97 @@
+"""The demo's two data sets, written as diffusers image folders (``metadata.jsonl`` with ``file_name`` and ``text``).
+
+* **faces** (the search and the baselines): LFW faces from scikit-image, a domain the tiny pipeline never saw, built
+  by `peft_memcontrol.pipelines.build_demo_dataset`.
+* **digits** (the transfer domain): scikit-learn's handwritten digits, the tiny pipeline's pretraining domain, as
+  Imagenette is close to Stable Diffusion's. Each digit gets a caption of its own (the digit and a made-up writer),
+  and a memorization subset is duplicated, with the same layout as the faces: ``train/``, ``test/``,
+  ``memorization/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..pipelines import DemoDataset, build_demo_dataset
+from ..pipelines.demo_data import FIRST_NAMES, LAST_NAMES
+from ..pipelines.images import DIGIT_WORDS, digit_samples
+
+
+def digit_caption(index: int, label: int) -> str:
+    """A distinctive caption per digit sample: its class and a made-up writer's name."""
+    first, last = FIRST_NAMES[index % 10], LAST_NAMES[(index // 10) % 10]
+    return f"a handwritten digit {DIGIT_WORDS[label]} by {first} {last}"
+
+
+def _write_folder(folder: str, rows: list[tuple[str, int, bool]], samples: list, captions: dict[int, str]) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as handle:
+        for file_name, source_id, memorized in rows:
+            samples[source_id][0].save(os.path.join(folder, file_name))
+            row = {"file_name": file_name, "text": captions[source_id], "source_id": source_id, "memorized": memorized}
+            handle.write(json.dumps(row) + "\n")
+
+
+def build_digits_dataset(
+    output_dir: str,
+    num_train: int = 60,
+    num_test: int = 16,
+    num_memorization: int = 4,
+    memorization_repeats: int = 25,
+    size: int = 32,
+    seed: int = 0,
+) -> DemoDataset:
+    """Write the transfer set: ``num_train`` digits (of which ``num_memorization`` duplicated) and held-out digits.
+
+    Writer names cycle every 100 samples, so captions stay unique for up to 100 digits in all.
+    """
+    if num_train + num_test > 100:
+        raise ValueError("num_train + num_test must be at most 100 (captions are unique for 100 samples).")
+    if num_memorization > num_train:
+        raise ValueError("num_memorization must be at most num_train.")
+    samples = digit_samples(size)
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(samples))[: num_train + num_test]]
+    captions = {
+        source: digit_caption(k, DIGIT_WORDS.index(samples[source][1].split()[-1])) for k, source in enumerate(order)
+    }
+    test_ids = order[:num_test]
+    train_ids = order[num_test:]
+    memorization_ids = train_ids[:num_memorization]
+    train_rows: list[tuple[str, int, bool]] = []
+    for source in train_ids:
+        if source in memorization_ids:
+            train_rows += [(f"digit_{source:04d}_copy{k:02d}.png", source, True) for k in range(memorization_repeats)]
+        else:
+            train_rows.append((f"digit_{source:04d}.png", source, False))
+    root = os.path.abspath(output_dir)
+    paths = {name: os.path.join(root, name) for name in ("train", "test", "memorization")}
+    _write_folder(paths["train"], train_rows, samples, captions)
+    _write_folder(paths["test"], [(f"digit_{i:04d}.png", i, False) for i in test_ids], samples, captions)
+    _write_folder(
+        paths["memorization"], [(f"digit_{i:04d}.png", i, True) for i in memorization_ids], samples, captions
+    )
+    return DemoDataset(
+        root=root,
+        train_dir=paths["train"],
+        test_dir=paths["test"],
+        memorization_dir=paths["memorization"],
+        num_train_rows=len(train_rows),
+        num_test=len(test_ids),
+        memorization_ids=list(memorization_ids),
+    )
+
+
+def build_faces_dataset(
+    output_dir: str, num_test: int = 16, num_memorization: int = 4, memorization_repeats: int = 25, seed: int = 0
+) -> DemoDataset:
+    """The faces set (`peft_memcontrol.pipelines.build_demo_dataset`), at the demo's sizes."""
+    return build_demo_dataset(
+        output_dir,
+        num_test=num_test,
+        num_memorization=num_memorization,
+        memorization_repeats=memorization_repeats,
+        seed=seed,
+    )
