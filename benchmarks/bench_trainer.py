@@ -39,7 +39,7 @@ def method_configs() -> dict:
     }
 
 
-def bench(name: str, method, dataset, steps: int, warmup: int, batch_size: int, threshold) -> dict:
+def bench(name: str, method, dataset, steps: int, warmup: int, batch_size: int, threshold, repeats: int) -> dict:
     from training_helpers import make_trainer
 
     with tempfile.TemporaryDirectory() as out:
@@ -49,14 +49,16 @@ def bench(name: str, method, dataset, steps: int, warmup: int, batch_size: int, 
         )
         setup = time.perf_counter() - start
         trainer.train()  # warm-up
-        trainer.config.max_train_steps = warmup + steps
-        if trainer.accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        trainer.train()
-        if trainer.accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
+        elapsed = float("inf")
+        for _ in range(repeats):  # best of `repeats` timed segments: robust to other load on a shared machine
+            trainer.config.max_train_steps += steps
+            if trainer.accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            trainer.train()
+            if trainer.accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = min(elapsed, time.perf_counter() - start)
         trainable = sum(p.numel() for p in trainer.trainable_parameters().values())
         device = str(trainer.accelerator.device)
     return {
@@ -72,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="Timed segments per method; the best is reported.")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--methods", default=None, help="Comma-separated subset of the method names.")
@@ -90,7 +93,16 @@ def main() -> None:
     names = args.methods.split(",") if args.methods else list(configs)
     rows = []
     for name in names:
-        row = bench(name, configs[name], dataset, args.steps, args.warmup, args.batch_size, args.noise_norm_threshold)
+        row = bench(
+            name,
+            configs[name],
+            dataset,
+            args.steps,
+            args.warmup,
+            args.batch_size,
+            args.noise_norm_threshold,
+            args.repeats,
+        )
         rows.append(row)
         print(f"{name}: {row['steps_per_s']:.2f} steps/s ({row['trainable']:,} trainable)", flush=True)
 
@@ -101,14 +113,16 @@ def main() -> None:
     lines = [
         f"# Trainer throughput ({rows[0]['device']}, tiny pipeline)",
         "",
-        f"Command: `python benchmarks/bench_trainer.py --steps {args.steps} --batch_size {args.batch_size}"
+        f"Command: `python benchmarks/bench_trainer.py --steps {args.steps} --repeats {args.repeats} "
+        f"--batch_size {args.batch_size}"
         + (f" --threads {args.threads}" if args.threads else "")
         + (f" --noise_norm_threshold {args.noise_norm_threshold}" if args.noise_norm_threshold else "")
         + "`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; batch {args.batch_size} of 32 x 32 images, {args.warmup} warm-up steps, "
-        f"then {args.steps} timed steps (VAE encode + text encode + UNet forward/backward + AdamW).",
+        f"then the best of {args.repeats} segments of {args.steps} timed steps (VAE encode + text encode + UNet "
+        f"forward/backward + AdamW). Load average at the end: {os.getloadavg()[0]:.1f}.",
         "",
         "| method | steps/s | vs full | trainable params | setup s |",
         "| --- | ---: | ---: | ---: | ---: |",

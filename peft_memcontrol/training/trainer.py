@@ -194,11 +194,7 @@ class MemControlTrainer:
         self.caption_transforms = list(config.caption_transforms)
         words = None
         for transform in self.caption_transforms:
-            if (
-                hasattr(transform, "vocabulary")
-                and transform.vocabulary is None
-                and type(transform).__name__ != "CaptionWordRepetition"
-            ):
+            if getattr(transform, "vocabulary", False) is None:  # a word pool left to the tokenizer
                 words = words or tokenizer_words(tokenizer)
                 transform.vocabulary = words
 
@@ -465,7 +461,7 @@ class MemControlTrainer:
             weights = torch.stack([snr, config.snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
             per_sample = per_sample * (weights / snr if prediction_type == "epsilon" else weights / (snr + 1))
 
-        loss = (per_sample * kept).sum() / kept.sum().clamp(min=1)
+        loss = torch.where(kept, per_sample, torch.zeros_like(per_sample)).sum() / kept.sum().clamp(min=1)
         return loss, per_sample.detach(), kept
 
     def _uncond(self) -> torch.Tensor:
@@ -516,10 +512,12 @@ class MemControlTrainer:
         for batch in loader:
             with accelerator.accumulate(self.model):
                 loss, _, kept = self.compute_loss(batch, micro_step)
-                if not torch.isfinite(loss):
+                # Gathered first, so that every process sees a bad loss and stops together.
+                step_losses = accelerator.gather(loss.detach().view(1))
+                if not torch.isfinite(step_losses).all():
                     raise FloatingPointError(
-                        f"Loss is {loss.item()} at step {self.global_step} (micro-step {micro_step}). Lower "
-                        "--learning_rate, use --mixed_precision bf16 instead of fp16, or check the data for "
+                        f"Loss is {step_losses.tolist()} at step {self.global_step} (micro-step {micro_step}). "
+                        "Lower --learning_rate, use --mixed_precision bf16 instead of fp16, or check the data for "
                         "corrupt images."
                     )
                 counts = accelerator.gather(
@@ -527,7 +525,7 @@ class MemControlTrainer:
                 )
                 dropped += int(counts[:, 0].sum())
                 seen += int(counts[:, 1].sum())
-                running += accelerator.gather(loss.detach().view(1)).mean().item() / accumulation
+                running += step_losses.mean().item() / accumulation
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(
