@@ -9,13 +9,12 @@ import sys
 
 import pytest
 import torch
+from training_helpers import TINY_SLOTS as SLOTS
 from training_helpers import write_image_folder
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_text_to_image_memcontrol.py")
-SLOTS = [f"down_blocks.{b}.attentions.{a}" for b in range(3) for a in range(2)] + ["mid_block.attentions.0"]
-SLOTS += [f"up_blocks.{b}.attentions.{a}" for b in range(1, 4) for a in range(3)]
 
 
 def _launch(args: list[str], num_processes: int = 2, timeout: int = 400) -> subprocess.CompletedProcess:

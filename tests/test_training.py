@@ -7,7 +7,13 @@ import os
 
 import pytest
 import torch
-from training_helpers import make_trainer, optimizer_state_tensors, synthetic_images, write_image_folder
+from training_helpers import (
+    TINY_SLOTS,
+    make_trainer,
+    optimizer_state_tensors,
+    synthetic_images,
+    write_image_folder,
+)
 
 from peft_memcontrol.training import (
     CaptionWordRepetition,
@@ -279,3 +285,18 @@ def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_pa
     assert result.seen_samples == 2 * 2 * 2  # steps x accumulation x batch
     assert all(math.isfinite(x) for x in result.losses)
     assert trainer.base_unet.is_gradient_checkpointing
+
+
+@pytest.mark.parametrize("method", ["attention", "memcontrol"])
+def test_adapter_trains_and_only_its_parameters_change(folder_dataset, tmp_path, method):
+    """One step with masked attention (its backward once crashed on channels-last latents) and a MemControl mask."""
+    import peft_memcontrol as pm
+
+    mask = {slot: i % 2 == 0 for i, slot in enumerate(TINY_SLOTS)}
+    config = pm.MaskedAttentionConfig() if method == "attention" else pm.MemControlConfig(mask=mask, method="svdiff")
+    trainer = make_trainer(folder_dataset, config, str(tmp_path), max_train_steps=1)
+    model = trainer.unwrapped_model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and changed <= set(trainer.trainable_parameters())

@@ -10,6 +10,11 @@ import torch
 from PIL import Image
 
 
+#: The 16 Transformer2D slots of the SD v1.5 layout (and of the tiny pipeline), in bit order.
+TINY_SLOTS = [f"down_blocks.{b}.attentions.{a}" for b in range(3) for a in range(2)] + ["mid_block.attentions.0"]
+TINY_SLOTS += [f"up_blocks.{b}.attentions.{a}" for b in range(1, 4) for a in range(3)]
+
+
 def synthetic_images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
     """``n`` deterministic RGB images (smooth random blobs), so tests need no image package."""
     rng = np.random.default_rng(seed)

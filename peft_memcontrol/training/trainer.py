@@ -420,7 +420,9 @@ class MemControlTrainer:
             eps = torch.randn(latent_dist.mean.shape, generator=generator).to(device, latent_dist.mean.dtype)
             latents = latent_dist.mean + latent_dist.std * eps
             shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-            latents = ((latents - shift) * self.vae.config.scaling_factor).float()
+            # The VAE may return channels-last latents on CPU (oneDNN); a plain layout keeps every adapter's
+            # backward on the well-trodden path (a channels-last UNet input crashed masked attention's backward).
+            latents = ((latents - shift) * self.vae.config.scaling_factor).float().contiguous()
 
         bsz = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator)
