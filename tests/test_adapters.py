@@ -240,3 +240,29 @@ def test_bad_config_values():
         MemControlConfig(method="lora")
     with pytest.raises(ValueError, match="Unknown option"):
         MemControlConfig(method="svdiff", method_options={"rank": 4})
+
+
+@pytest.mark.parametrize("shape", [(64, 20000), (20000, 64)])
+def test_large_matrices_take_the_gram_path_and_match_lapack(shape):
+    from peft_memcontrol.svd import SMALL_MATRIX, spectral_factors
+
+    torch.manual_seed(0)
+    weight = torch.randn(*shape) / 100
+    assert weight.numel() >= SMALL_MATRIX
+    u, s, vh = spectral_factors(weight)
+    reference = torch.linalg.svd(weight.double(), full_matrices=False)
+    torch.testing.assert_close(s.double(), reference.S, rtol=1e-5, atol=0)
+    torch.testing.assert_close((u * s) @ vh, weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(u.T @ u, torch.eye(64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(vh @ vh.T, torch.eye(64), rtol=0, atol=1e-5)
+
+
+def test_rank_deficient_large_matrix_falls_back_to_lapack():
+    from peft_memcontrol.svd import spectral_factors
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 4) @ torch.randn(4, 20000)  # rank 4
+    u, s, vh = spectral_factors(weight)
+    assert torch.isfinite(u).all() and torch.isfinite(vh).all()
+    torch.testing.assert_close(vh @ vh.T, torch.eye(64), rtol=0, atol=1e-4)
+    torch.testing.assert_close((u * s) @ vh, weight, rtol=0, atol=1e-4 * weight.abs().max().item())
