@@ -265,4 +265,4 @@ def test_rank_deficient_large_matrix_falls_back_to_lapack():
     u, s, vh = spectral_factors(weight)
     assert torch.isfinite(u).all() and torch.isfinite(vh).all()
     torch.testing.assert_close(vh @ vh.T, torch.eye(64), rtol=0, atol=1e-4)
-    torch.testing.assert_close((u * s) @ vh, weight, rtol=0, atol=1e-4 * weight.abs().max().item())
+    torch.testing.assert_close((u * s) @ vh, weight, rtol=0, atol=5e-4 * weight.abs().max().item())
