@@ -113,16 +113,21 @@ def run_case(args) -> dict:
         synchronize(args.device)
         return {"seconds": time.perf_counter() - start}
     if args.case == "infer":
-        model = unet if args.method == "base" else apply_method(unet, args.method).merge_and_unload()
-        model.eval()
-        times = []
+        # base and merged model side by side in one process, calls interleaved, so that machine noise hits both
+        import copy
+
+        merged = apply_method(copy.deepcopy(unet), args.method).merge_and_unload().eval()
+        unet.eval()
+        times = {"base": [], "merged": []}
         with torch.no_grad():
-            for _ in range(args.warmup + args.steps):
-                start = time.perf_counter()
-                model(**batch)
-                synchronize(args.device)
-                times.append(time.perf_counter() - start)
-        return {"seconds": sorted(times[args.warmup :])[len(times[args.warmup :]) // 2]}
+            for step in range(args.warmup + args.steps):
+                for name, model in (("base", unet), ("merged", merged)):
+                    start = time.perf_counter()
+                    model(**batch)
+                    synchronize(args.device)
+                    if step >= args.warmup:
+                        times[name].append(time.perf_counter() - start)
+        return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
     model = apply_method(unet, args.method)
     model.train()
     import peft_memcontrol as pm
@@ -224,22 +229,14 @@ def main() -> None:
                 f"| {method} | {row['trainable']:,} | {row['seconds']:.3f} | {row['seconds'] / full['seconds']:.2f}x "
                 f"| {row['seconds'] / lora['seconds']:.2f}x | {row['peak_mib']:.0f} | {row['peak_mib'] / full['peak_mib']:.2f}x |"
             )
-        base = subprocess_case(
-            args,
-            case="infer",
-            size=size,
-            method="base",
-            batch_size=args.batch_size,
-            steps=args.steps * 2,
-            warmup=args.warmup,
-        )
         lines += [
             "",
             f"## Inference after merge_and_unload, `{size}` UNet",
             "",
-            "| model | forward s | vs base |",
-            "|---|---:|---:|",
-            f"| base | {base['seconds']:.4f} | 1.00x |",
+            "base and merged model in one process, calls interleaved; median forward time",
+            "",
+            "| method | base s | merged s | merged / base |",
+            "|---|---:|---:|---:|",
         ]
         for method in ("svdiff", "difffit", "attention"):
             row = subprocess_case(
@@ -248,10 +245,12 @@ def main() -> None:
                 size=size,
                 method=method,
                 batch_size=args.batch_size,
-                steps=args.steps * 2,
+                steps=args.steps * 4,
                 warmup=args.warmup,
             )
-            lines.append(f"| {method} merged | {row['seconds']:.4f} | {row['seconds'] / base['seconds']:.3f}x |")
+            lines.append(
+                f"| {method} | {row['base']:.4f} | {row['merged']:.4f} | {row['merged'] / row['base']:.3f}x |"
+            )
         lines.append("")
     setup = subprocess_case(args, case="setup", size=args.setup_size, batch_size=1, steps=0, warmup=0)
     lines += [
