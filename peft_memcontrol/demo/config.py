@@ -22,15 +22,25 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
 }
 
 
+#: Extraction-attack thresholds (tiled L2, RMS per tile, max over a 4 x 4 grid) per domain: above the VAE's own
+#: reconstruction error of the domain's images (faces: 0.10-0.16; digits: 0.02-0.04), near the distance between
+#: distinct images (faces: 1% quantile 0.27; digits: 1% quantile 0.23, median 0.63). A prompt is counted only when
+#: at least ``min_group_size`` of its generations are also that close to each other.
+EXTRACTION_THRESHOLDS: dict[str, float] = {"digits": 0.3, "faces": 0.25}
+
+
 @dataclass
 class DemoConfig:
     """Everything a demo run depends on. Same config and machine: same table (the timings aside).
 
     Data (both sets built from images shipped in the scikit-image / scikit-learn wheels):
-        num_test: held-out faces (FID's real images and prompts).
-        num_memorization: faces duplicated in the training set (the memorization subset, the attack's prompts).
+        domain: where the baselines train and the mask is searched (``"digits"`` or ``"faces"``).
+        transfer_domain: where the searched mask is transferred, unchanged.
+        num_train: distinct training images (the memorization subset included; digits only, faces use all 100 -
+            ``num_test``).
+        num_test: held-out images (FID's real images and prompts).
+        num_memorization: images duplicated in the training set (the memorization subset, the attack's prompts).
         memorization_repeats: copies of each of them in the training set.
-        num_transfer_train, num_transfer_test: digits of the transfer domain (plus the same duplicated subset size).
 
     Fine-tuning (every model through `MemControlTrainer`):
         max_train_steps, train_batch_size: steps and batch of every fine-tuning on the full demo set.
@@ -40,8 +50,12 @@ class DemoConfig:
     Evaluation (every model the same way, through `peft_memcontrol.metrics`):
         num_generations: seeded generations per memorized prompt for the extraction attack, AMD and replication.
         num_inference_steps, guidance_scale: DDIM sampling.
-        extraction_threshold, min_group_size: the attack's tiled-L2 threshold and group size.
+        extraction_thresholds, min_group_size: the attack's tiled-L2 threshold per domain, and its group size.
         noise_norm_generations: starting noises per prompt of the noise-norm score.
+
+    Execution:
+        num_workers: processes that fine-tune and score models (and run the search's inner loops) side by side, one
+            thread each; 1 runs everything in this process. Results do not depend on it.
 
     Search (`MaskSearcher` with `InnerLoop`, NSGA-II over the SVDiff mask bits and the learning rate):
         population_size, generations: NSGA-II sizes.
@@ -54,13 +68,14 @@ class DemoConfig:
     seed: int = 0
     device: str | None = None
     # data
+    domain: str = "digits"
+    transfer_domain: str = "faces"
+    num_train: int = 15
     num_test: int = 16
-    num_memorization: int = 4
-    memorization_repeats: int = 25
-    num_transfer_train: int = 60
-    num_transfer_test: int = 16
+    num_memorization: int = 3
+    memorization_repeats: int = 30
     # fine-tuning
-    max_train_steps: int = 150
+    max_train_steps: int = 200
     train_batch_size: int = 8
     learning_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LEARNING_RATES))
     caption_dropout_probability: float = 0.1
@@ -68,20 +83,21 @@ class DemoConfig:
     num_generations: int = 4
     num_inference_steps: int = 10
     guidance_scale: float = 4.0
-    extraction_threshold: float = 0.15
-    min_group_size: int = 3
+    extraction_thresholds: dict[str, float] = field(default_factory=lambda: dict(EXTRACTION_THRESHOLDS))
+    min_group_size: int = 2
     noise_norm_generations: int = 2
     feature: str = "efficientnet-lite0"
     # search
     search_method: str = "svdiff"
-    population_size: int = 6
+    population_size: int = 4
     generations: int = 1
-    search_train_steps: int = 30
+    search_train_steps: int = 20
     search_fid_images: int = 8
-    proxy_num_memorization: int = 4
+    proxy_num_memorization: int = 3
     proxy_repeats: int = 10
     proxy_fraction: float = 0.1
-    # output
+    # execution
+    num_workers: int = 2
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,12 +118,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "quick": {
         "num_test": 8,
-        "num_transfer_train": 24,
-        "num_transfer_test": 8,
-        "max_train_steps": 60,
+        "max_train_steps": 40,
         "population_size": 4,
         "generations": 0,
-        "search_train_steps": 10,
+        "search_train_steps": 8,
         "search_fid_images": 4,
         "proxy_repeats": 5,
     },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 
@@ -95,3 +96,24 @@ def build_faces_dataset(
         memorization_repeats=memorization_repeats,
         seed=seed,
     )
+
+
+DOMAINS = ("digits", "faces")
+
+
+def build_domain(domain: str, output_dir: str, config: Any) -> DemoDataset:
+    """Build the ``digits`` or ``faces`` set at the sizes of a `DemoConfig`."""
+    if domain == "digits":
+        return build_digits_dataset(
+            output_dir,
+            num_train=config.num_train,
+            num_test=config.num_test,
+            num_memorization=config.num_memorization,
+            memorization_repeats=config.memorization_repeats,
+            seed=config.seed,
+        )
+    if domain == "faces":
+        return build_faces_dataset(
+            output_dir, config.num_test, config.num_memorization, config.memorization_repeats, config.seed
+        )
+    raise ValueError(f"Unknown demo domain {domain!r}; choose one of {DOMAINS}.")

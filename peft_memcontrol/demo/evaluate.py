@@ -1,7 +1,8 @@
 """Score one fine-tuned model the way the demo scores every model, with `peft_memcontrol.metrics` only.
 
 * FID (and MiFID) between generations for the held-out prompts and the held-out images;
-* the extraction attack on the memorized prompts (``num_generations`` seeded generations each);
+* the extraction attack on the memorized prompts (``num_generations`` seeded generations each; a generation counts
+  when it reproduces any memorized image, as in Carlini et al., not only its own prompt's);
 * AMD and replication rate of those generations against the training images (unique images);
 * Wen et al.'s noise-norm score of the memorized prompts.
 
@@ -41,6 +42,7 @@ class EvaluationData:
     test: SplitImages
     memorization: SplitImages
     training: SplitImages
+    domain: str = "digits"
 
 
 @dataclass
@@ -89,12 +91,13 @@ def load_split(folder: str, resolution: int, unique: bool = True) -> SplitImages
     return SplitImages(images, [item["caption"] for item in items])
 
 
-def load_evaluation_data(train_dir: str, test_dir: str, memorization_dir: str, resolution: int) -> EvaluationData:
-    """The three splits of a demo data set."""
+def load_evaluation_data(dataset: Any, domain: str, resolution: int = 32) -> EvaluationData:
+    """The three splits of a built demo data set (a `peft_memcontrol.pipelines.DemoDataset`)."""
     return EvaluationData(
-        test=load_split(test_dir, resolution),
-        memorization=load_split(memorization_dir, resolution),
-        training=load_split(train_dir, resolution),
+        test=load_split(dataset.test_dir, resolution),
+        memorization=load_split(dataset.memorization_dir, resolution),
+        training=load_split(dataset.train_dir, resolution),
+        domain=domain,
     )
 
 
@@ -120,7 +123,11 @@ def evaluate_model(pipeline: Any, data: EvaluationData, config: DemoConfig, feat
         per_prompt,
         data.memorization.images,
         prompts=data.memorization.captions,
-        config=ExtractionAttackConfig(threshold=config.extraction_threshold, min_group_size=config.min_group_size),
+        config=ExtractionAttackConfig(
+            threshold=config.extraction_thresholds[data.domain],
+            min_group_size=config.min_group_size,
+            verify="all",
+        ),
     )
     quality = evaluate_generations(test_generations, data.training.images, data.test.images, feature=feature)
     copying = evaluate_generations(torch.cat(per_prompt), data.training.images, data.test.images, feature=feature)

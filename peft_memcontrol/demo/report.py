@@ -1,7 +1,7 @@
 """The demo's report folder: results table (markdown and CSV), transfer table, nearest-neighbour picture, summary.
 
-``results.md`` / ``results.csv``: one row per method on the faces (the paper's Table 1 in miniature);
-``transfer.md`` / ``transfer.csv``: the searched mask against full fine-tuning on the digits;
+``results.md`` / ``results.csv``: one row per method on the main domain (the paper's Table 1 in miniature);
+``transfer.md`` / ``transfer.csv``: the searched mask against full fine-tuning on the transfer domain;
 ``nearest.png``: for the most-copied memorized prompts, the training image beside each method's most repeated
 generation (the extraction attack's representative) with its tiled-L2 distance;
 ``search/``: the search's front (``front.png`` is the Pareto-front plot), journal and chosen masks;
@@ -135,24 +135,24 @@ def write_report(
         "transfer.csv": write_csv(transfer_rows, os.path.join(output_dir, "transfer.csv")),
     }
     paths["nearest.png"] = nearest_picture(records, os.path.join(output_dir, "nearest.png"))
-    faces_verdict = verdict(rows, searched)
+    main_verdict = verdict(rows, searched)
     transfer_verdict = verdict(transfer_rows, searched)
     text = [
         "# MemControl demo",
         "",
-        f"Preset `{config['preset']}`, seed {config['seed']}, {elapsed:.0f} s in all. Fine-tuned on the faces "
-        f"({config['num_memorization']} faces duplicated {config['memorization_repeats']} times), "
+        f"Preset `{config['preset']}`, seed {config['seed']}, {elapsed:.0f} s in all. Fine-tuned on the "
+        f"{config['domain']} ({config['num_memorization']} images duplicated {config['memorization_repeats']} times), "
         f"{config['max_train_steps']} steps of batch {config['train_batch_size']} per method. Arrows: which way is "
         "less memorization (AMD, extracted, flagged, replication, noise norm) or better quality (FID). "
         "Training times vary between runs; every other number is seeded.",
         "",
         markdown_table(rows),
-        faces_verdict,
+        main_verdict,
         "",
         f"Searched mask ({search['method']}, knee of the front, learning rate {search['learning_rate']:.3g}): "
         f"{search['units_on']} of {search['num_units']} units on: {', '.join(search['on']) or 'none'}.",
         "",
-        "## Transfer to digits (mask unchanged)",
+        f"## Transfer to {config['transfer_domain']} (mask unchanged)",
         "",
         markdown_table(transfer_rows),
         transfer_verdict,
@@ -177,7 +177,7 @@ def write_report(
                 "results": rows,
                 "transfer": transfer_rows,
                 "search": search,
-                "verdict": {"faces": faces_verdict, "transfer": transfer_verdict},
+                "verdict": {"main": main_verdict, "transfer": transfer_verdict},
                 "config": config,
                 "seconds": elapsed,
             },

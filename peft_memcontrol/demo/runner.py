@@ -1,11 +1,11 @@
 """``run_demo``: the paper's experiment in miniature, on the embedded tiny pipeline, offline.
 
-1. Fine-tune the baselines on the faces: full fine-tuning, SVDiff, DiffFit and attention tuning (every slot on),
+1. Fine-tune the baselines on the main domain (digits by default): full fine-tuning, SVDiff, DiffFit and attention tuning (every slot on),
    full fine-tuning with random word addition, and with Wen et al.'s noise-norm filtering.
 2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, noise norm vs FID), fine-tune the
-   knee of the front on the full faces set.
+   knee of the front on the full training set.
 3. Score every model the same way (`peft_memcontrol.demo.evaluate`).
-4. Fine-tune the unchanged mask, and full fine-tuning, on the digits (another domain) and score both.
+4. Fine-tune the unchanged mask, and full fine-tuning, on the transfer domain (faces) and score both.
 5. Write the report folder (`peft_memcontrol.demo.report`).
 
 Every fine-tuning goes through `MemControlTrainer`, every score through `peft_memcontrol.metrics`.
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DemoConfig
-from .data import build_digits_dataset, build_faces_dataset
+from .data import build_domain
 from .evaluate import EvaluationData, ModelScores, evaluate_model, load_evaluation_data
 from .report import write_report
 
@@ -102,8 +102,51 @@ def score(trainer: Any, data: EvaluationData, config: DemoConfig, feature: Any) 
     return evaluate_model(pipeline, data, config, feature)
 
 
-def run_search(faces: Any, output_dir: str, config: DemoConfig) -> Any:
-    """The MemControl search on the faces: NSGA-II over the mask bits and the learning rate, noise norm vs FID."""
+def _init_worker(device: str | None) -> None:
+    """Each worker process: offline, one thread (tiny models), the demo's device."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    if device != "cuda":
+        torch.set_num_threads(1)
+
+
+_FEATURES: dict[str, Any] = {}
+
+
+def train_and_score(
+    spec: MethodSpec, train_dir: str, run_dir: str, data: EvaluationData, config: DemoConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it; returns (row, per-prompt records)."""
+    from ..metrics import get_feature_extractor
+
+    if config.feature not in _FEATURES:
+        _FEATURES[config.feature] = get_feature_extractor(config.feature)
+    trainer, share, seconds = train_one(spec, train_dir, run_dir, config)
+    scores = score(trainer, data, config, _FEATURES[config.feature])
+    trainer.end()
+    return _row(spec.name, share, seconds, scores), scores.prompt_records
+
+
+def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Run ``train_and_score`` jobs, in the pool if any, in order of submission; advance ``progress`` per job."""
+    if pool is None:
+        results = []
+        for job in jobs:
+            progress.set_postfix_str(job[0].name)
+            results.append(train_and_score(*job))
+            progress.update(1)
+        return results
+    futures = [pool.submit(train_and_score, *job) for job in jobs]
+    results = []
+    for future in futures:
+        results.append(future.result())
+        progress.update(1)
+    return results
+
+
+def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
+    """The MemControl search on the main domain: NSGA-II over the mask bits and the learning rate, noise norm vs FID."""
     from diffusers import UNet2DConditionModel
 
     from ..counting import meta_unet
@@ -119,9 +162,9 @@ def run_search(faces: Any, output_dir: str, config: DemoConfig) -> Any:
         model, MemControlConfig(method=config.search_method), learning_rate_bounds=(1e-3, 3e-2)
     )
     loop = InnerLoop(
-        faces.train_dir,
+        dataset.train_dir,
         objectives=["noise_norm", "fid"],
-        test_data_dir=faces.test_dir,
+        test_data_dir=dataset.test_dir,
         max_train_steps=config.search_train_steps,
         train_batch_size=config.train_batch_size,
         caption_dropout_probability=config.caption_dropout_probability,
@@ -137,7 +180,14 @@ def run_search(faces: Any, output_dir: str, config: DemoConfig) -> Any:
     search_config = SearchConfig(
         population_size=config.population_size, generations=config.generations, seed=config.seed
     )
-    searcher = MaskSearcher(space, loop, config=search_config, output_dir=output_dir, progress=config.progress)
+    executor: Any = "serial"
+    if config.num_workers > 1:
+        from ..search import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(num_workers=config.num_workers)
+    searcher = MaskSearcher(
+        space, loop, config=search_config, output_dir=output_dir, executor=executor, progress=config.progress
+    )
     result = searcher.run(resume=False)
     write_search_outputs(result, output_dir)
     return result
@@ -149,69 +199,61 @@ def _row(name: str, share: float, seconds: float, scores: ModelScores) -> dict[s
 
 def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-demo") -> dict[str, Any]:
     """Run the whole demo and write its report into ``output_dir``; returns the summary (rows and paths)."""
-    from ..metrics import get_feature_extractor
-
     config = config or DemoConfig()
     if config.device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"
+    if config.device != "cuda":
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the worker processes
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     work = os.path.join(output_dir, "work")
-    faces = build_faces_dataset(
-        os.path.join(work, "data", "faces"),
-        config.num_test,
-        config.num_memorization,
-        config.memorization_repeats,
-        config.seed,
-    )
-    digits = build_digits_dataset(
-        os.path.join(work, "data", "digits"),
-        config.num_transfer_train,
-        config.num_transfer_test,
-        config.num_memorization,
-        config.memorization_repeats,
-        seed=config.seed,
-    )
-    face_data = load_evaluation_data(faces.train_dir, faces.test_dir, faces.memorization_dir, 32)
-    digit_data = load_evaluation_data(digits.train_dir, digits.test_dir, digits.memorization_dir, 32)
-    feature = get_feature_extractor(config.feature)
+    main = build_domain(config.domain, os.path.join(work, "data", config.domain), config)
+    other = build_domain(config.transfer_domain, os.path.join(work, "data", config.transfer_domain), config)
+    main_data = load_evaluation_data(main, config.domain)
+    other_data = load_evaluation_data(other, config.transfer_domain)
 
     specs = baseline_specs(config)
-    stages = len(specs) + 1 + 1 + 2
-    progress = tqdm(total=stages, desc="Demo", unit="stage", disable=not config.progress)
-    rows, records = [], {}
-    for spec in specs:
-        progress.set_postfix_str(spec.name)
-        trainer, share, seconds = train_one(spec, faces.train_dir, os.path.join(work, "runs", spec.name), config)
-        scores = score(trainer, face_data, config, feature)
-        rows.append(_row(spec.name, share, seconds, scores))
-        records[spec.name] = scores.prompt_records
-        progress.update(1)
+    progress = tqdm(total=len(specs) + 4, desc="Demo", unit="stage", disable=not config.progress)
+    pool = None
+    if config.num_workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    progress.set_postfix_str("mask search")
-    search_start = time.perf_counter()
-    result = run_search(faces, os.path.join(output_dir, "search"), config)
-    search_seconds = time.perf_counter() - search_start
-    knee = result.knee()
-    searched = MethodSpec(SEARCHED, result.to_config(knee), knee.candidate.learning_rate or 1e-2)
-    progress.update(1)
-
-    progress.set_postfix_str(SEARCHED)
-    trainer, share, seconds = train_one(searched, faces.train_dir, os.path.join(work, "runs", "searched"), config)
-    scores = score(trainer, face_data, config, feature)
-    rows.append(_row(SEARCHED, share, seconds, scores))
-    records[SEARCHED] = scores.prompt_records
-    progress.update(1)
-
-    transfer_rows = []
-    for spec in (specs[0], searched):
-        progress.set_postfix_str(f"digits: {spec.name}")
-        trainer, share, seconds = train_one(
-            spec, digits.train_dir, os.path.join(work, "runs", f"digits-{spec.name}"), config
+        pool = ProcessPoolExecutor(
+            config.num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(config.device,),
         )
-        transfer_rows.append(_row(spec.name, share, seconds, score(trainer, digit_data, config, feature)))
+    try:
+        runs = os.path.join(work, "runs")
+        jobs = [
+            (spec, main.train_dir, os.path.join(runs, f"{index}"), main_data, config)
+            for index, spec in enumerate(specs)
+        ]
+        baselines = _run_jobs(pool, jobs, progress)
+
+        progress.set_postfix_str("mask search")
+        search_start = time.perf_counter()
+        result = run_search(main, os.path.join(output_dir, "search"), config)
+        search_seconds = time.perf_counter() - search_start
+        knee = result.knee()
+        searched = MethodSpec(SEARCHED, result.to_config(knee), knee.candidate.learning_rate or 1e-2)
         progress.update(1)
+
+        jobs = [
+            (searched, main.train_dir, os.path.join(runs, "searched"), main_data, config),
+            (specs[0], other.train_dir, os.path.join(runs, "transfer-full"), other_data, config),
+            (searched, other.train_dir, os.path.join(runs, "transfer-searched"), other_data, config),
+        ]
+        final = _run_jobs(pool, jobs, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     progress.close()
+    rows = [row for row, _ in baselines + final[:1]]
+    records = {row["method"]: prompt_records for row, prompt_records in baselines + final[:1]}
+    transfer_rows = [row for row, _ in final[1:]]
 
     mask = knee.candidate.mask.to_dict() if hasattr(knee.candidate.mask, "to_dict") else dict(knee.candidate.mask)
     search = {
