@@ -266,3 +266,12 @@ def test_rank_deficient_large_matrix_falls_back_to_lapack():
     assert torch.isfinite(u).all() and torch.isfinite(vh).all()
     torch.testing.assert_close(vh @ vh.T, torch.eye(64), rtol=0, atol=1e-4)
     torch.testing.assert_close((u * s) @ vh, weight, rtol=0, atol=5e-4 * weight.abs().max().item())
+
+
+def test_channels_last_input_trains(method):
+    model = get_peft_model(build_sd15_unet(), CONFIGS[method](init_weights=False))
+    model.train()
+    inputs = sd15_inputs()
+    inputs["sample"] = inputs["sample"].contiguous(memory_format=torch.channels_last)
+    model(**inputs).sample.pow(2).mean().backward()
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)

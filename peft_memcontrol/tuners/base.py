@@ -197,7 +197,9 @@ class MaskedTunerLayer(nn.Module, BaseTunerLayer):
         if isinstance(base, nn.Conv2d):
             return base._conv_forward(x, weight, bias)
         if isinstance(base, nn.GroupNorm):
-            return F.group_norm(x, base.num_groups, weight, bias, base.eps)
+            # torch 2.13's CPU group_norm backward segfaults on a channels-last input that needs no gradient when
+            # the affine parameters do (the first adapted norm of a frozen model); a plain layout avoids it.
+            return F.group_norm(x.contiguous(), base.num_groups, weight, bias, base.eps)
         return F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
