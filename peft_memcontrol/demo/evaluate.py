@@ -146,7 +146,7 @@ def evaluate_model(pipeline: Any, data: EvaluationData, config: DemoConfig, feat
             "distance": record.training_distance,
             "extracted": record.extracted,
             "generation": per_prompt[record.prompt_index][record.representative],
-            "training": data.memorization.images[record.prompt_index],
+            "training": data.memorization.images[record.training_index],
         }
         for record in attack.records
     ]

@@ -135,14 +135,23 @@ def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[tuple[dict[st
         for job in jobs:
             progress.set_postfix_str(job[0].name)
             results.append(train_and_score(*job))
-            progress.update(1)
+            _announce(results[-1][0], progress)
         return results
     futures = [pool.submit(train_and_score, *job) for job in jobs]
     results = []
     for future in futures:
         results.append(future.result())
-        progress.update(1)
+        _announce(results[-1][0], progress)
     return results
+
+
+def _announce(row: dict[str, Any], progress: Any) -> None:
+    """Print a finished row above the progress bar, and advance it."""
+    progress.write(
+        f"{row['method']}: FID {row['fid']:.2f}, AMD {row['amd']:.4f}, extracted {row['extracted']}, "
+        f"replication {row['replication']:.2f}, {row['time_s']:.0f} s of training"
+    )
+    progress.update(1)
 
 
 def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
@@ -231,7 +240,9 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
             (spec, main.train_dir, os.path.join(runs, f"{index}"), main_data, config)
             for index, spec in enumerate(specs)
         ]
-        baselines = _run_jobs(pool, jobs, progress)
+        # Full fine-tuning on the transfer domain does not wait for the search: it runs with the baselines.
+        jobs.append((specs[0], other.train_dir, os.path.join(runs, "transfer-full"), other_data, config))
+        *baselines, transfer_full = _run_jobs(pool, jobs, progress)
 
         progress.set_postfix_str("mask search")
         search_start = time.perf_counter()
@@ -243,17 +254,16 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
 
         jobs = [
             (searched, main.train_dir, os.path.join(runs, "searched"), main_data, config),
-            (specs[0], other.train_dir, os.path.join(runs, "transfer-full"), other_data, config),
             (searched, other.train_dir, os.path.join(runs, "transfer-searched"), other_data, config),
         ]
-        final = _run_jobs(pool, jobs, progress)
+        searched_main, searched_transfer = _run_jobs(pool, jobs, progress)
     finally:
         if pool is not None:
             pool.shutdown()
     progress.close()
-    rows = [row for row, _ in baselines + final[:1]]
-    records = {row["method"]: prompt_records for row, prompt_records in baselines + final[:1]}
-    transfer_rows = [row for row, _ in final[1:]]
+    rows = [row for row, _ in [*baselines, searched_main]]
+    records = {row["method"]: prompt_records for row, prompt_records in [*baselines, searched_main]}
+    transfer_rows = [transfer_full[0], searched_transfer[0]]
 
     mask = knee.candidate.mask.to_dict() if hasattr(knee.candidate.mask, "to_dict") else dict(knee.candidate.mask)
     search = {
