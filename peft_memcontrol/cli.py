@@ -111,6 +111,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--population_size", type=int, default=None, help="NSGA-II population.")
     parser.add_argument("--generations", type=int, default=None, help="NSGA-II generations after the first.")
     parser.add_argument("--search_train_steps", type=int, default=None, help="Inner-loop steps per candidate.")
+    parser.add_argument("--num_workers", type=int, default=None, help="Parallel processes (default 2; 1: none).")
     parser.add_argument("--no_progress", action="store_true")
     parser.set_defaults(handler=run_demo)
 
@@ -137,6 +138,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "population_size",
             "generations",
             "search_train_steps",
+            "num_workers",
         )
     }
     config = DemoConfig.preset_config("quick" if args.quick else "default", progress=not args.no_progress, **overrides)

@@ -32,8 +32,11 @@ def test_presets_and_flags():
     assert DemoConfig.preset_config("default").max_train_steps > quick.max_train_steps
     with pytest.raises(ValueError, match="Unknown preset"):
         DemoConfig.preset_config("huge")
-    args = build_parser().parse_args(["demo", "--quick", "--device", "cpu", "--population_size", "8"])
-    assert args.quick and args.device == "cpu" and args.population_size == 8 and args.handler.__name__ == "run_demo"
+    args = build_parser().parse_args(
+        ["demo", "--quick", "--device", "cpu", "--population_size", "8", "--num_workers", "1"]
+    )
+    assert args.quick and args.device == "cpu" and args.population_size == 8 and args.num_workers == 1
+    assert args.handler.__name__ == "run_demo"
 
 
 def test_digits_transfer_set_is_deterministic_and_captions_are_unique(tmp_path):
