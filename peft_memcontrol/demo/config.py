@@ -118,10 +118,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "quick": {
         "num_test": 8,
-        "max_train_steps": 40,
+        "max_train_steps": 30,
         "population_size": 4,
         "generations": 0,
-        "search_train_steps": 8,
+        "search_train_steps": 6,
         "search_fid_images": 4,
         "proxy_repeats": 5,
     },
