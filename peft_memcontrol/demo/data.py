@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from typing import Any
 
 import numpy as np
 
 from ..pipelines import DemoDataset, build_demo_dataset
-from ..pipelines.demo_data import FIRST_NAMES, LAST_NAMES
+from ..pipelines.demo_data import FIRST_NAMES, LAST_NAMES, write_image_folder
 from ..pipelines.images import DIGIT_WORDS, digit_samples
 
 
@@ -25,15 +25,6 @@ def digit_caption(index: int, label: int) -> str:
     """A distinctive caption per digit sample: its class and a made-up writer's name."""
     first, last = FIRST_NAMES[index % 10], LAST_NAMES[(index // 10) % 10]
     return f"a handwritten digit {DIGIT_WORDS[label]} by {first} {last}"
-
-
-def _write_folder(folder: str, rows: list[tuple[str, int, bool]], samples: list, captions: dict[int, str]) -> None:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as handle:
-        for file_name, source_id, memorized in rows:
-            samples[source_id][0].save(os.path.join(folder, file_name))
-            row = {"file_name": file_name, "text": captions[source_id], "source_id": source_id, "memorized": memorized}
-            handle.write(json.dumps(row) + "\n")
 
 
 def build_digits_dataset(
@@ -69,11 +60,10 @@ def build_digits_dataset(
             train_rows.append((f"digit_{source:04d}.png", source, False))
     root = os.path.abspath(output_dir)
     paths = {name: os.path.join(root, name) for name in ("train", "test", "memorization")}
-    _write_folder(paths["train"], train_rows, samples, captions)
-    _write_folder(paths["test"], [(f"digit_{i:04d}.png", i, False) for i in test_ids], samples, captions)
-    _write_folder(
-        paths["memorization"], [(f"digit_{i:04d}.png", i, True) for i in memorization_ids], samples, captions
-    )
+    write = functools.partial(write_image_folder, image_of=lambda i: samples[i][0], caption_of=captions.__getitem__)
+    write(paths["train"], train_rows)
+    write(paths["test"], [(f"digit_{i:04d}.png", i, False) for i in test_ids])
+    write(paths["memorization"], [(f"digit_{i:04d}.png", i, True) for i in memorization_ids])
     return DemoDataset(
         root=root,
         train_dir=paths["train"],

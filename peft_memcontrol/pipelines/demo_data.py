@@ -12,11 +12,14 @@ Every row also has ``source_id`` (the LFW index) and ``memorized`` (bool). The b
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from .images import lfw_faces
 
@@ -44,14 +47,24 @@ class DemoDataset:
     memorization_ids: list[int]
 
 
-def _write_split(folder: str, rows: list[tuple[str, int, bool]], images: list) -> None:
+def write_image_folder(
+    folder: str,
+    rows: list[tuple[str, int, bool]],
+    image_of: Callable[[int], Image.Image],
+    caption_of: Callable[[int], str],
+) -> None:
+    """Write ``(file_name, source_id, memorized)`` rows as images plus diffusers' ``metadata.jsonl`` captions."""
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as handle:
         for file_name, source_id, memorized in rows:
-            images[source_id].save(os.path.join(folder, file_name))
-            row = {"file_name": file_name, "text": face_caption(source_id), "source_id": source_id}
-            row["memorized"] = memorized
-            f.write(json.dumps(row) + "\n")
+            image_of(source_id).save(os.path.join(folder, file_name))
+            row = {
+                "file_name": file_name,
+                "text": caption_of(source_id),
+                "source_id": source_id,
+                "memorized": memorized,
+            }
+            handle.write(json.dumps(row) + "\n")
 
 
 def build_demo_dataset(
@@ -80,9 +93,10 @@ def build_demo_dataset(
             train_rows.append((f"face_{source_id:03d}.png", source_id, False))
     root = os.path.abspath(output_dir)
     paths = {name: os.path.join(root, name) for name in ("train", "test", "memorization")}
-    _write_split(paths["train"], train_rows, faces)
-    _write_split(paths["test"], [(f"face_{i:03d}.png", i, False) for i in test_ids], faces)
-    _write_split(paths["memorization"], [(f"face_{i:03d}.png", i, True) for i in memorization_ids], faces)
+    write = functools.partial(write_image_folder, image_of=faces.__getitem__, caption_of=face_caption)
+    write(paths["train"], train_rows)
+    write(paths["test"], [(f"face_{i:03d}.png", i, False) for i in test_ids])
+    write(paths["memorization"], [(f"face_{i:03d}.png", i, True) for i in memorization_ids])
     return DemoDataset(
         root=root,
         train_dir=paths["train"],
