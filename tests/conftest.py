@@ -13,18 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-TINY_SD15_UNET = {
-    "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 2,
-    "block_out_channels": (32, 32, 64, 64),
-    "norm_num_groups": 8,
-    "cross_attention_dim": 32,
-    "attention_head_dim": 8,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-}
+# imported after HF_HUB_OFFLINE is set: huggingface_hub reads it once, at import
+from peft_memcontrol.pipelines.tiny import TINY_UNET_CONFIG  # noqa: E402
+
+TINY_SD15_UNET = TINY_UNET_CONFIG  # the embedded tiny pipeline's UNet: SD-1.5's 16-slot layout, 2.45 M parameters
 
 TINY_SDXL_UNET = {
     "sample_size": 16,
