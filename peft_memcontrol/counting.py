@@ -6,6 +6,7 @@ device (`meta_unet`) they take well under a second even for SD-1.5 and SDXL.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from accelerate import init_empty_weights
@@ -74,8 +75,4 @@ def trainable_share(model: nn.Module, config: MaskedTunerConfig) -> float:
 
 def slot_units(model: nn.Module, config: MaskedTunerConfig) -> list[str]:
     """The mask units of ``config``'s method, granularity and semantics on ``model``, in bit order."""
-    return tuner_for(config).plan(model, config.__class__(**{**_config_kwargs(config), "mask": None})).units
-
-
-def _config_kwargs(config: MaskedTunerConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in config.__dataclass_fields__ if name != "peft_type"}
+    return tuner_for(config).plan(model, dataclasses.replace(config, mask=None)).units
