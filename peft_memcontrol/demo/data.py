@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any
 
 import numpy as np
 
 from ..pipelines import DemoDataset, build_demo_dataset
-from ..pipelines.demo_data import FIRST_NAMES, LAST_NAMES, write_image_folder
+from ..pipelines.demo_data import FIRST_NAMES, LAST_NAMES, write_demo_splits
 from ..pipelines.images import DIGIT_WORDS, digit_samples
 
 
@@ -52,26 +50,15 @@ def build_digits_dataset(
     test_ids = order[:num_test]
     train_ids = order[num_test:]
     memorization_ids = train_ids[:num_memorization]
-    train_rows: list[tuple[str, int, bool]] = []
-    for source in train_ids:
-        if source in memorization_ids:
-            train_rows += [(f"digit_{source:04d}_copy{k:02d}.png", source, True) for k in range(memorization_repeats)]
-        else:
-            train_rows.append((f"digit_{source:04d}.png", source, False))
-    root = os.path.abspath(output_dir)
-    paths = {name: os.path.join(root, name) for name in ("train", "test", "memorization")}
-    write = functools.partial(write_image_folder, image_of=lambda i: samples[i][0], caption_of=captions.__getitem__)
-    write(paths["train"], train_rows)
-    write(paths["test"], [(f"digit_{i:04d}.png", i, False) for i in test_ids])
-    write(paths["memorization"], [(f"digit_{i:04d}.png", i, True) for i in memorization_ids])
-    return DemoDataset(
-        root=root,
-        train_dir=paths["train"],
-        test_dir=paths["test"],
-        memorization_dir=paths["memorization"],
-        num_train_rows=len(train_rows),
-        num_test=len(test_ids),
-        memorization_ids=list(memorization_ids),
+    return write_demo_splits(
+        output_dir,
+        train_ids,
+        test_ids,
+        memorization_ids,
+        memorization_repeats,
+        stem_of=lambda i: f"digit_{i:04d}",
+        image_of=lambda i: samples[i][0],
+        caption_of=captions.__getitem__,
     )
 
 

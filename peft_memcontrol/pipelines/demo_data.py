@@ -47,7 +47,7 @@ class DemoDataset:
     memorization_ids: list[int]
 
 
-def write_image_folder(
+def _write_image_folder(
     folder: str,
     rows: list[tuple[str, int, bool]],
     image_of: Callable[[int], Image.Image],
@@ -67,6 +67,44 @@ def write_image_folder(
             handle.write(json.dumps(row) + "\n")
 
 
+def write_demo_splits(
+    output_dir: str,
+    train_ids: list[int],
+    test_ids: list[int],
+    memorization_ids: list[int],
+    memorization_repeats: int,
+    stem_of: Callable[[int], str],
+    image_of: Callable[[int], Image.Image],
+    caption_of: Callable[[int], str],
+) -> DemoDataset:
+    """Write ``train/`` (memorization images repeated), ``test/`` and ``memorization/`` image folders.
+
+    ``stem_of(i)`` names source image ``i`` (``face_007``); its copies in ``train/`` are ``<stem>_copyNN.png``.
+    """
+    train_rows: list[tuple[str, int, bool]] = []
+    for source_id in train_ids:
+        if source_id in memorization_ids:
+            stem = stem_of(source_id)
+            train_rows += [(f"{stem}_copy{k:02d}.png", source_id, True) for k in range(memorization_repeats)]
+        else:
+            train_rows.append((f"{stem_of(source_id)}.png", source_id, False))
+    root = os.path.abspath(output_dir)
+    paths = {name: os.path.join(root, name) for name in ("train", "test", "memorization")}
+    write = functools.partial(_write_image_folder, image_of=image_of, caption_of=caption_of)
+    write(paths["train"], train_rows)
+    write(paths["test"], [(f"{stem_of(i)}.png", i, False) for i in test_ids])
+    write(paths["memorization"], [(f"{stem_of(i)}.png", i, True) for i in memorization_ids])
+    return DemoDataset(
+        root=root,
+        train_dir=paths["train"],
+        test_dir=paths["test"],
+        memorization_dir=paths["memorization"],
+        num_train_rows=len(train_rows),
+        num_test=len(test_ids),
+        memorization_ids=list(memorization_ids),
+    )
+
+
 def build_demo_dataset(
     output_dir: str,
     num_test: int = 20,
@@ -83,26 +121,13 @@ def build_demo_dataset(
     test_ids = sorted(order[:num_test])
     train_ids = sorted(order[num_test:])
     memorization_ids = sorted(order[num_test : num_test + num_memorization])
-    train_rows = []
-    for source_id in train_ids:
-        if source_id in memorization_ids:
-            train_rows += [
-                (f"face_{source_id:03d}_copy{k:02d}.png", source_id, True) for k in range(memorization_repeats)
-            ]
-        else:
-            train_rows.append((f"face_{source_id:03d}.png", source_id, False))
-    root = os.path.abspath(output_dir)
-    paths = {name: os.path.join(root, name) for name in ("train", "test", "memorization")}
-    write = functools.partial(write_image_folder, image_of=faces.__getitem__, caption_of=face_caption)
-    write(paths["train"], train_rows)
-    write(paths["test"], [(f"face_{i:03d}.png", i, False) for i in test_ids])
-    write(paths["memorization"], [(f"face_{i:03d}.png", i, True) for i in memorization_ids])
-    return DemoDataset(
-        root=root,
-        train_dir=paths["train"],
-        test_dir=paths["test"],
-        memorization_dir=paths["memorization"],
-        num_train_rows=len(train_rows),
-        num_test=len(test_ids),
-        memorization_ids=memorization_ids,
+    return write_demo_splits(
+        output_dir,
+        train_ids,
+        test_ids,
+        memorization_ids,
+        memorization_repeats,
+        stem_of=lambda i: f"face_{i:03d}",
+        image_of=faces.__getitem__,
+        caption_of=face_caption,
     )
