@@ -13,7 +13,7 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from .tuners import MaskedTunerConfig, tuner_for
-from .tuners.base import iter_base_modules
+from .tuners.base import count_model_parameters
 
 
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -59,13 +59,6 @@ def meta_unet(config: dict[str, Any] | None = None) -> nn.Module:
 def count_trainable_parameters(model: nn.Module, config: MaskedTunerConfig) -> int:
     """How many parameters ``get_peft_model(model, config)`` would train."""
     return tuner_for(config).count(model, config)
-
-
-def count_model_parameters(model: nn.Module) -> int:
-    """Parameters of the base model (adapter parameters excluded)."""
-    return sum(
-        parameter.numel() for _, module in iter_base_modules(model) for parameter in module.parameters(recurse=False)
-    )
 
 
 def trainable_share(model: nn.Module, config: MaskedTunerConfig) -> float:

@@ -95,6 +95,13 @@ def iter_base_modules(model: nn.Module):
             yield path, module
 
 
+def count_model_parameters(model: nn.Module) -> int:
+    """Parameters of the base model (adapter parameters excluded)."""
+    return sum(
+        parameter.numel() for _, module in iter_base_modules(model) for parameter in module.parameters(recurse=False)
+    )
+
+
 def _matches(patterns: list[str] | str | None, path: str) -> bool:
     if patterns is None:
         return False
@@ -322,11 +329,7 @@ class MaskedTuner(BaseTuner):
                 f"The mask selects nothing to adapt ({peft_config.mask_semantics!r} semantics, every unit off or "
                 "filtered out by target_modules/exclude_modules). Switch at least one unit on."
             )
-        base_parameters = sum(
-            parameter.numel()
-            for _, module in iter_base_modules(model)
-            for parameter in module.parameters(recurse=False)
-        )
+        base_parameters = count_model_parameters(model)
         if not peft_config.base_model_name_or_path:
             # diffusers models keep their origin in config._name_or_path, where PEFT does not look
             peft_config.base_model_name_or_path = (
