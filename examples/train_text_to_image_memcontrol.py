@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_train_steps", type=int, default=1000)
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--gradient_checkpointing", action="store_true")
-    train.add_argument("--learning_rate", type=float, default=1e-4)
+    train.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="Default: the learning rate the search found, when --mask holds one; else 1e-4.",
+    )
     train.add_argument("--scale_lr", action="store_true")
     train.add_argument("--lr_scheduler", default="constant")
     train.add_argument("--lr_warmup_steps", type=int, default=0)
@@ -107,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
     if args.mask is not None and args.method in ("full", "lora"):
         raise ValueError(f"--mask selects slots of a MemControl method; --method {args.method} takes no mask.")
+    if args.learning_rate is None:
+        searched = read_mask(args.mask)[1].get("learning_rate") if args.mask else None
+        args.learning_rate = searched or 1e-4
     return args
 
 

@@ -91,3 +91,17 @@ def test_bad_mask_file_is_a_clear_error(tmp_path):
     assert read_mask(str(good)) == ({"down_blocks.0.attentions.0": True}, {"learning_rate": 3e-4})
     with pytest.raises(ValueError, match="takes no mask"):
         parse_args(["--method", "full", "--mask", str(good)])
+
+
+def test_searched_learning_rate_is_the_default(tmp_path):
+    """A search's chosen config carries its learning rate; the script trains with it unless told otherwise."""
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    try:
+        from train_text_to_image_memcontrol import parse_args
+    finally:
+        sys.path.pop(0)
+    chosen = tmp_path / "adapter_config.json"
+    chosen.write_text(json.dumps({"mask": {"down_blocks.0.attentions.0": True}, "learning_rate": 3.2e-4}))
+    assert parse_args(["--method", "memcontrol", "--mask", str(chosen)]).learning_rate == 3.2e-4
+    assert parse_args(["--method", "memcontrol", "--mask", str(chosen), "--learning_rate", "1e-5"]).learning_rate == 1e-5
+    assert parse_args(["--method", "svdiff"]).learning_rate == 1e-4

@@ -1,6 +1,13 @@
-"""Ray and the process pool give the same front as the serial search (real local Ray cluster, 2 CPUs)."""
+"""Ray and the process pool give the same front as the serial search (real local Ray clusters, 2 CPUs)."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
@@ -42,3 +49,41 @@ def test_ray_gives_the_same_front_as_serial(serial_front):
 @pytest.mark.slow
 def test_process_pool_gives_the_same_front_as_serial(serial_front):
     assert front(ProcessPoolExecutor(num_workers=2)) == serial_front
+
+
+def memcontrol_search(output_dir, *flags: str, env: dict | None = None) -> dict:
+    """Run ``memcontrol search`` on the 8-bit synthetic problem in a new process; return its front.json."""
+    command = [sys.executable, "-m", "peft_memcontrol.cli", "search", "--synthetic", "8", "--population_size", "6"]
+    command += ["--generations", "2", "--seed", "5", "--output_dir", str(output_dir), "--no_progress", *flags]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads((output_dir / "front.json").read_text())["front"]
+
+
+@pytest.fixture(scope="module")
+def shell_cluster():
+    """A Ray cluster started the way a user starts one: ``ray start --head`` (2 CPUs), stopped afterwards."""
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
+    port = "6391"
+    temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay under 108 characters
+    start = [ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--num-cpus", "2"]
+    start += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir]
+    subprocess.run(start, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_search_cli_on_a_cluster_started_with_ray_start(shell_cluster, tmp_path):
+    """The guide's commands: `ray start --head`, then `memcontrol search --executor ray --ray_address ...`."""
+    serial = memcontrol_search(tmp_path / "serial")
+    on_head = memcontrol_search(tmp_path / "auto", "--executor", "ray", "--ray_address", "auto")
+    assert on_head == serial
+    with_token = {**os.environ, "RAY_AUTH_MODE": "token"}
+    by_address = memcontrol_search(tmp_path / "address", "--executor", "ray", "--ray_address", shell_cluster,
+                                   env=with_token)
+    assert by_address == serial

@@ -90,8 +90,8 @@ class ProcessPoolExecutor:
 class RayExecutor:
     """Ray tasks, one per evaluation, each asking for ``num_gpus`` GPUs and ``num_cpus`` CPUs.
 
-    Connects to a running cluster (``address="auto"``) or starts a local one when none is given and Ray is not yet
-    initialised. Ray reuses its worker processes, so an evaluator's per-process model cache survives across tasks.
+    Connects to a running cluster (``address="auto"`` on its head node, or ``"host:port"``) or starts a local one
+    when none is given and Ray is not yet initialised. Ray reuses its worker processes, so an evaluator's per-process model cache survives across tasks.
     Needs the ``ray`` extra (``pip install "peft-memcontrol[ray]"``).
     """
 
@@ -104,7 +104,15 @@ class RayExecutor:
             raise ImportError('The Ray executor needs Ray: pip install "peft-memcontrol[ray]".') from error
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, **init_kwargs)
+            try:
+                ray.init(address=address, **init_kwargs)
+            except ConnectionError as error:
+                raise ConnectionError(
+                    f"Could not connect to the Ray cluster at {address!r}: {error}. Check that the cluster runs "
+                    "(`ray status` on its head node). Clusters started with `ray start` use token authentication: "
+                    "on the head node pass address='auto' (`--ray_address auto`), which finds the token; elsewhere "
+                    "set RAY_AUTH_MODE=token and provide the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)."
+                ) from error
         self._remote = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_retries=0)(evaluate_candidate)
         self._evaluator_ref: Any = None
         self._evaluator: Any = None
