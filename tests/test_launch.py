@@ -103,5 +103,7 @@ def test_searched_learning_rate_is_the_default(tmp_path):
     chosen = tmp_path / "adapter_config.json"
     chosen.write_text(json.dumps({"mask": {"down_blocks.0.attentions.0": True}, "learning_rate": 3.2e-4}))
     assert parse_args(["--method", "memcontrol", "--mask", str(chosen)]).learning_rate == 3.2e-4
-    assert parse_args(["--method", "memcontrol", "--mask", str(chosen), "--learning_rate", "1e-5"]).learning_rate == 1e-5
+    assert (
+        parse_args(["--method", "memcontrol", "--mask", str(chosen), "--learning_rate", "1e-5"]).learning_rate == 1e-5
+    )
     assert parse_args(["--method", "svdiff"]).learning_rate == 1e-4

@@ -84,6 +84,7 @@ def test_search_cli_on_a_cluster_started_with_ray_start(shell_cluster, tmp_path)
     on_head = memcontrol_search(tmp_path / "auto", "--executor", "ray", "--ray_address", "auto")
     assert on_head == serial
     with_token = {**os.environ, "RAY_AUTH_MODE": "token"}
-    by_address = memcontrol_search(tmp_path / "address", "--executor", "ray", "--ray_address", shell_cluster,
-                                   env=with_token)
+    by_address = memcontrol_search(
+        tmp_path / "address", "--executor", "ray", "--ray_address", shell_cluster, env=with_token
+    )
     assert by_address == serial
