@@ -1,9 +1,9 @@
 """Memorization and quality metrics for diffusion models, torchmetrics-style, with offline feature spaces.
 
-Images follow one convention (:mod:`peft_memcontrol.metrics.images`): float in [0, 1], NCHW, RGB. Metrics that
-compare images embed them in a feature space (:mod:`peft_memcontrol.metrics.features`) and also accept
+Images follow one convention (`peft_memcontrol.metrics.images`): float in [0, 1], NCHW, RGB. Metrics that
+compare images embed them in a feature space (`peft_memcontrol.metrics.features`) and also accept
 precomputed (N, d) features, so one embedding can serve FID, AMD, MiFID and replication; see
-:func:`evaluate_generations`.
+`evaluate_generations`.
 """
 
 from .amd import (

@@ -35,11 +35,11 @@ class AMDResult(NamedTuple):
 
 
 class AverageMinCosineDistance(PairedFeatureMetric):
-    """AMD as a torchmetrics ``Metric``; ``compute()`` returns an :class:`AMDResult`.
+    """AMD as a torchmetrics ``Metric``; ``compute()`` returns an `AMDResult`.
 
     ``direction="generated_to_training"`` (default): queries are generations, indices point into the training set.
     ``direction="training_to_generated"``: queries are training images, indices point into the generations.
-    Other arguments: see :class:`~peft_memcontrol.metrics.paired.PairedFeatureMetric`.
+    Other arguments: see `PairedFeatureMetric`.
     """
 
     higher_is_better = True  # higher AMD = less memorization
@@ -61,7 +61,7 @@ def average_min_cosine_distance(
     direction: Direction = "generated_to_training",
     **kwargs: Any,
 ) -> AMDResult:
-    """Function form of :class:`AverageMinCosineDistance` on precomputed (N, d) features."""
+    """Function form of `AverageMinCosineDistance` on precomputed (N, d) features."""
     metric = AverageMinCosineDistance(direction=direction, feature=None, **kwargs)
     metric.update(generated_features, real=False)
     metric.update(training_features, real=True)
@@ -79,7 +79,9 @@ class MemorizationInformedFID(Metric):
     """MiFID from one embedding per image: each update's features feed both FID and AMD.
 
     Args:
-        feature, num_features, batch_size: the feature space, as in the other metrics.
+        feature: the feature space, as in the other metrics, or ``None`` when updates pass features only.
+        num_features: the feature width, needed with ``feature=None`` or a callable without ``num_features``.
+        batch_size: images embedded at once.
         threshold: AMD below which FID is divided by AMD.
         direction: AMD direction (default generated to training; torchmetrics' MiFID uses the reverse).
     """

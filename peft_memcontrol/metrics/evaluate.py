@@ -42,7 +42,9 @@ def evaluate_generations(
         real_images: held-out real images for FID (the paper's test images); the training images when ``None``.
         feature: the feature space shared by all four metrics.
         batch_size: images embedded at once.
-        amd_direction, replication_threshold, mifid_threshold: see the individual metrics.
+        amd_direction: AMD direction (see `AverageMinCosineDistance`).
+        replication_threshold: best cosine similarity above which a generation counts as replicated.
+        mifid_threshold: AMD below which MiFID divides FID by AMD.
     """
     extractor = get_feature_extractor(feature)
     generated = extract_features(generated_images, extractor, batch_size)

@@ -264,7 +264,7 @@ def extraction_attack_on_images(
         training_images: P images, ``training_images[i]`` being the training image of prompt i. Resized to the
             generations' size if they differ.
         prompts: optional prompt texts, copied into the records.
-        config: attack options (:class:`ExtractionAttackConfig`).
+        config: attack options (`ExtractionAttackConfig`).
     """
     config = config or ExtractionAttackConfig()
     training_images = prepare_images(training_images)
@@ -325,12 +325,12 @@ def extraction_attack(
     holds one prompt's generations at a time (only extracted pairs are kept).
 
     Args:
-        generator: a diffusers pipeline or a callable ``(prompt, n) -> images`` (see :func:`generate_images`).
+        generator: a diffusers pipeline or a callable ``(prompt, n) -> images`` (see `generate_images`).
         prompts: the training prompts.
         training_images: ``training_images[i]`` is the training image of ``prompts[i]``.
         num_generations: N generations per prompt (reference 50; Carlini 500).
         batch_size: images per pipeline call.
-        config: attack options (:class:`ExtractionAttackConfig`).
+        config: attack options (`ExtractionAttackConfig`).
         seed: seed of the pipeline's random generator (``None``: unseeded).
         pipeline_kwargs: passed to the pipeline, e.g. ``num_inference_steps``, ``guidance_scale``.
     """

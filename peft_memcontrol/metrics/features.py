@@ -1,7 +1,7 @@
 """Feature spaces: the embedding in which FID, AMD and replication compare images.
 
-A feature space is named once, by :func:`get_feature_extractor`, and is always a :class:`FeatureExtractor`: an
-``nn.Module`` that maps images in the library's convention (see :mod:`peft_memcontrol.metrics.images`) to an
+A feature space is named once, by `get_feature_extractor`, and is always a `FeatureExtractor`: an
+``nn.Module`` that maps images in the library's convention (see `peft_memcontrol.metrics.images`) to an
 ``(N, d)`` float tensor and knows ``d`` as ``num_features``. Built-in names:
 
 * ``"efficientnet-lite0"`` (the default): EfficientNet-Lite0 with the ImageNet weights that ship inside the
@@ -175,11 +175,11 @@ def _module_device(function: Callable) -> torch.device:
 
 
 def get_feature_extractor(feature: FeatureSpec = DEFAULT_FEATURE, num_features: int | None = None) -> FeatureExtractor:
-    """Resolves a feature-space name, module or callable to a :class:`FeatureExtractor`.
+    """Resolves a feature-space name, module or callable to a `FeatureExtractor`.
 
     Args:
         feature: a built-in name (``"efficientnet-lite0"``, ``"inception"``, ``"clip"``, ``"dinov2"``), a Hugging
-            Face model id or local path of a transformers image model, a :class:`FeatureExtractor`, or any module or
+            Face model id or local path of a transformers image model, a `FeatureExtractor`, or any module or
             callable mapping (N, 3, H, W) images in [0, 1] to (N, d).
         num_features: ``d`` for a user callable that has no ``num_features`` attribute (else it is probed).
     """
@@ -210,7 +210,7 @@ def extract_features(
 ) -> torch.Tensor:
     """Embeds images in batches: the one place where images become features.
 
-    Images are converted by :func:`~peft_memcontrol.metrics.images.prepare_images`, moved batch by batch to
+    Images are converted by `prepare_images`, moved batch by batch to
     ``device`` (default: the extractor's device) and embedded; the (N, d) float32 result is on that device.
     """
     images = prepare_images(images)

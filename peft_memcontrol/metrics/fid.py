@@ -73,7 +73,7 @@ class FrechetDistance(FrechetInceptionDistance):
 
 
 def frechet_distance(real_features: torch.Tensor, generated_features: torch.Tensor) -> torch.Tensor:
-    """Function form of :class:`FrechetDistance` on precomputed (N, d) features (N >= 2 in each set)."""
+    """Function form of `FrechetDistance` on precomputed (N, d) features (N >= 2 in each set)."""
     metric = FrechetDistance(feature=None, num_features=real_features.shape[-1])
     metric.update(real_features, real=True)
     metric.update(generated_features, real=False)

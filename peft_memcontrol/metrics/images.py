@@ -1,6 +1,6 @@
 """The one image convention of ``peft_memcontrol.metrics``, applied in one place.
 
-Every metric that takes images calls :func:`prepare_images` first, so all of them accept the same inputs and
+Every metric that takes images calls `prepare_images` first, so all of them accept the same inputs and
 agree on what a pixel value means:
 
 * the result is a ``float32`` tensor of shape ``(N, 3, H, W)`` (NCHW, RGB) with values in ``[0, 1]``;

@@ -43,11 +43,12 @@ def nearest_neighbours(
     Args:
         queries: (M, d) features.
         references: (N, d) features with the same width d.
-        query_chunk_size, reference_chunk_size: the block of the similarity matrix held at once; peak extra memory
-            is about ``4 * query_chunk_size * reference_chunk_size`` bytes.
+        query_chunk_size: queries per block of the similarity matrix.
+        reference_chunk_size: references per block; peak extra memory is about
+            ``4 * query_chunk_size * reference_chunk_size`` bytes.
 
     Returns:
-        :class:`NearestNeighbours` with (M,) similarities in [-1, 1] and (M,) int64 indices into ``references``.
+        `NearestNeighbours` with (M,) similarities in [-1, 1] and (M,) int64 indices into ``references``.
         Ties go to the lowest index.
     """
     queries = check_features(queries, "query features")

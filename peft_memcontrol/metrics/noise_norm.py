@@ -6,10 +6,10 @@ text-conditional and unconditional noise predictions over all latent values. Mem
 hard towards one image, so their score is high; a UNet that ignores its text input scores exactly 0. Higher = more
 memorization. Two uses:
 
-* the **detector** (:func:`sampling_noise_norm`, :func:`noise_norm_score`): average the score over the first
+* the **detector** (`sampling_noise_norm`, `noise_norm_score`): average the score over the first
   ``num_steps`` sampling steps from pure noise, and over generations, per prompt;
-* the **training-time reward** (:func:`training_noise_norms`, :func:`memorization_reward`,
-  :class:`MemorizationReward`): one step at a random timestep on noised training latents, reduced by max (default)
+* the **training-time reward** (`training_noise_norms`, `memorization_reward`,
+  `MemorizationReward`): one step at a random timestep on noised training latents, reduced by max (default)
   or mean over the batch. It runs under ``no_grad`` and uses the captions as given: no caption dropout.
 """
 
@@ -116,7 +116,7 @@ def memorization_reward(
     reduction: Reduction = "max",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The search's memorization reward on one batch: :func:`training_noise_norms` reduced by max or mean."""
+    """The search's memorization reward on one batch: `training_noise_norms` reduced by max or mean."""
     norms = training_noise_norms(unet, noise_scheduler, latents, text_embeddings, uncond_embeddings, generator)
     return _reduce(norms, reduction)
 
@@ -147,7 +147,7 @@ class MemorizationReward(Metric):
         uncond_embeddings: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Scores one batch (see :func:`memorization_reward`)."""
+        """Scores one batch (see `memorization_reward`)."""
         reward = memorization_reward(
             unet, noise_scheduler, latents, text_embeddings, uncond_embeddings, self.reduction, generator
         )
@@ -234,7 +234,7 @@ def pipeline_memorization_reward(
     reduction: Reduction = "max",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """:func:`memorization_reward` from a pipeline, captions and their training images (library convention):
+    """`memorization_reward` from a pipeline, captions and their training images (library convention):
     images are encoded by the VAE (mean latent, times the scaling factor), captions by the text encoder, and
     ``pipeline.scheduler`` serves as the noise scheduler.
     """

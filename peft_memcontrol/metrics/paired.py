@@ -26,13 +26,14 @@ class PairedFeatureMetric(Metric):
     updates, then rank 1's, ...).
 
     Args:
-        feature: the feature space (see :func:`~peft_memcontrol.metrics.features.get_feature_extractor`), or
+        feature: the feature space (see `get_feature_extractor`), or
             ``None`` when updates pass features only.
         num_features: width of a user callable's features when it has no ``num_features`` attribute.
         batch_size: images embedded at once.
         reset_training_features: when ``False``, ``reset()`` keeps the training features, so a fixed training set
             is embedded once and reused across evaluations (as torchmetrics' ``reset_real_features``).
-        query_chunk_size, reference_chunk_size: block size of the chunked nearest-neighbour search.
+        query_chunk_size: queries per block of the chunked nearest-neighbour search.
+        reference_chunk_size: training (or generated) features per block of that search.
     """
 
     is_differentiable = False

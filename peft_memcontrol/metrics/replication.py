@@ -24,11 +24,11 @@ class ReplicationResult(NamedTuple):
 
 
 class ReplicationRate(PairedFeatureMetric):
-    """Replication rate as a torchmetrics ``Metric``; ``compute()`` returns a :class:`ReplicationResult`.
+    """Replication rate as a torchmetrics ``Metric``; ``compute()`` returns a `ReplicationResult`.
 
     Args:
         threshold: a generation counts as replicated when its best cosine similarity is strictly above it.
-        Other arguments: see :class:`~peft_memcontrol.metrics.paired.PairedFeatureMetric`.
+        **kwargs: the feature space and search options of `PairedFeatureMetric`.
     """
 
     higher_is_better = False  # a higher rate = more memorization
@@ -47,7 +47,7 @@ class ReplicationRate(PairedFeatureMetric):
 def replication_rate(
     generated_features: torch.Tensor, training_features: torch.Tensor, threshold: float = 0.5, **kwargs: Any
 ) -> ReplicationResult:
-    """Function form of :class:`ReplicationRate` on precomputed (N, d) features."""
+    """Function form of `ReplicationRate` on precomputed (N, d) features."""
     metric = ReplicationRate(threshold=threshold, feature=None, **kwargs)
     metric.update(generated_features, real=False)
     metric.update(training_features, real=True)

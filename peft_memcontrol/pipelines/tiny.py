@@ -108,7 +108,7 @@ def build_random_tiny_pipeline(tokenizer, seed: int = 0):
     """Build the tiny pipeline with seeded random weights (the starting point of the pretraining script).
 
     Args:
-        tokenizer: a CLIP tokenizer (see :func:`build_tiny_tokenizer`).
+        tokenizer (CLIPTokenizer): a CLIP tokenizer (see `build_tiny_tokenizer`).
         seed: seeds the weight initialisation, so that the build is reproducible.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel

@@ -51,7 +51,8 @@ class SearchConfig:
         crossover_probability: probability that a pair of parents is crossed over.
         mutation_probability: probability that an offspring is mutated.
         gene_mutation_probability: per-gene mutation probability (default: 1 / number of genes).
-        crossover_eta, mutation_eta: distribution indices of SBX and polynomial mutation on the learning-rate gene.
+        crossover_eta: distribution index of SBX crossover on the learning-rate gene.
+        mutation_eta: distribution index of polynomial mutation on the learning-rate gene.
         fidelities: increasing budget fractions ending at 1.0; ``(1.0,)`` is plain NSGA-II, ``(0.25, 1.0)`` trains
             every offspring on a quarter of the budget and promotes the best to the full one.
         promote_fraction: share of the candidates promoted from one fidelity to the next.

@@ -1,12 +1,12 @@
 """Image-caption data for the trainer: the diffusers data conventions, deterministic batches, proxy sets.
 
-Three sources give the same :class:`ImageCaptionDataset`:
+Three sources give the same `ImageCaptionDataset`:
 
 * an image folder with a ``metadata.jsonl`` (diffusers' / ``datasets``' ``imagefolder`` convention),
 * a CSV file of image path and caption (the layout the MemControl reference code reads),
 * a Hugging Face data set (``datasets.load_dataset``; the ``datasets`` package is only needed for this one).
 
-Batches are drawn by :class:`StepBatchSampler`, which computes every batch (and every augmentation seed) from the seed
+Batches are drawn by `StepBatchSampler`, which computes every batch (and every augmentation seed) from the seed
 and the step number alone. That is what makes resuming from a checkpoint exact and the runs of several processes
 disjoint without a distributed sampler.
 """
@@ -77,7 +77,7 @@ class ImageCaptionDataset(Dataset):
     """Images (PIL images or file paths) with one caption each.
 
     Items are dicts ``{"pixel_values", "caption", "index"}``. An item can be asked for as ``dataset[i]`` or as
-    ``dataset[(i, aug_seed)]``; the second form is what :class:`StepBatchSampler` yields.
+    ``dataset[(i, aug_seed)]``; the second form is what `StepBatchSampler` yields.
     """
 
     def __init__(

@@ -1,12 +1,12 @@
 """Memorization mitigations that combine with any adapter: caption randomization and noise-norm filtering.
 
-* Caption randomization (Somepalli et al. 2023): :class:`RandomWordAddition` (a fresh draw every step, or the
-  reference code's ``static`` variant drawn once per sample), :class:`RandomWordReplacement` and
-  :class:`CaptionWordRepetition`. Each is a callable ``(caption, index, generator) -> caption``; the trainer passes a
+* Caption randomization (Somepalli et al. 2023): `RandomWordAddition` (a fresh draw every step, or the
+  reference code's ``static`` variant drawn once per sample), `RandomWordReplacement` and
+  `CaptionWordRepetition`. Each is a callable ``(caption, index, generator) -> caption``; the trainer passes a
   generator seeded from the run's seed and the step, so a run (and its resume) is reproducible.
 * Training-time filtering (Wen et al. 2024): drop from the loss the samples whose text-conditional noise norm
   ``|| eps(x_t, c) - eps(x_t, "") ||`` is above a threshold, or above the batch's 90th percentile (``"auto"``). The
-  norm itself is ``peft_memcontrol.metrics.text_conditional_noise_norm``; :func:`threshold_keep_mask` decides.
+  norm itself is ``peft_memcontrol.metrics.text_conditional_noise_norm``; `threshold_keep_mask` decides.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class RandomWordAddition:
 
     Args:
         num_words: words inserted (the reference code inserts 4).
-        vocabulary: the word pool; ``None`` lets the trainer fill in the tokenizer's words (:func:`tokenizer_words`).
+        vocabulary: the word pool; ``None`` lets the trainer fill in the tokenizer's words (`tokenizer_words`).
         static: ``False`` draws afresh at every step (Somepalli et al.); ``True`` draws once per sample from
             ``(seed, index)``, so a sample always gets the same words: the reference code's variant, kept for parity.
         seed: seed of the static draw.

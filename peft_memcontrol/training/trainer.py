@@ -1,6 +1,6 @@
 """The one training loop of the project: fine-tune a text-to-image UNet with an adapter (or fully) via Accelerate.
 
-:class:`MemControlTrainer` is shared by the launch script (``examples/train_text_to_image_memcontrol.py``), the build
+`MemControlTrainer` is shared by the launch script (``examples/train_text_to_image_memcontrol.py``), the build
 of the tiny pipeline, the demo and the mask search's inner loop. The VAE and the text encoder are frozen; only the
 UNet (its adapter parameters, or all of it for ``method="full"``) trains.
 
@@ -120,12 +120,16 @@ class MemControlTrainer:
     """Fine-tune the UNet of a diffusers text-to-image pipeline with one adapter, or fully, through Accelerate.
 
     Args:
-        unet, vae, text_encoder, tokenizer, noise_scheduler: the pipeline's parts (see :meth:`from_pretrained`).
-        train_dataset: an :class:`~peft_memcontrol.training.data.ImageCaptionDataset` (or any data set of
+        unet: the pipeline's ``UNet2DConditionModel``, the model that is fine-tuned.
+        vae: its VAE (frozen).
+        text_encoder: its text encoder (frozen).
+        tokenizer: its tokenizer.
+        noise_scheduler: the training noise scheduler (``DDPMScheduler``); `from_pretrained` loads all five.
+        train_dataset: an `ImageCaptionDataset` (or any data set of
             ``{"pixel_values", "caption", "index"}`` items that accepts ``(index, aug_seed)`` keys).
         method: ``"full"`` (full fine-tuning, the baseline) or any ``peft.PeftConfig`` (SVDiff, DiffFit, masked
             attention, MemControl, LoRA, ...), applied with ``peft.get_peft_model``.
-        config: a :class:`TrainingConfig`.
+        config: a `TrainingConfig`.
         accelerator: an existing ``accelerate.Accelerator`` to reuse (the search's inner loop runs many trainings in
             one process); by default one is created from ``config``.
     """
@@ -474,7 +478,7 @@ class MemControlTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainingResult:
-        """Run (or resume) training to ``max_train_steps`` optimizer steps; returns a :class:`TrainingResult`."""
+        """Run (or resume) training to ``max_train_steps`` optimizer steps; returns a `TrainingResult`."""
         from tqdm.auto import tqdm
 
         config, accelerator = self.config, self.accelerator
@@ -653,7 +657,7 @@ def train_text_to_image(
     method: Any = "full",
     config: TrainingConfig | None = None,
 ) -> tuple[MemControlTrainer, TrainingResult]:
-    """Load a model, fine-tune it, save the adapter: the one-call form of :class:`MemControlTrainer`."""
+    """Load a model, fine-tune it, save the adapter: the one-call form of `MemControlTrainer`."""
     trainer = MemControlTrainer.from_pretrained(pretrained_model_name_or_path, train_dataset, method, config)
     result = trainer.train()
     trainer.save_adapter()
