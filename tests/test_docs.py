@@ -28,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GUIDES = ["index.md", "quickstart.md", "concepts.md", "hub.md", "reference-code.md", "training.md"]
+GUIDES = ["index.md", "quickstart.md", "concepts.md", "hub.md", "reference-code.md", "training.md", "search.md"]
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 RUNNABLE = "python"
 NOT_RUN = "python {.notest}"
