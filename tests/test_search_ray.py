@@ -88,3 +88,13 @@ def test_search_cli_on_a_cluster_started_with_ray_start(shell_cluster, tmp_path)
         tmp_path / "address", "--executor", "ray", "--ray_address", shell_cluster, env=with_token
     )
     assert by_address == serial
+
+
+@pytest.mark.slow
+def test_connecting_without_the_token_names_the_fix(shell_cluster):
+    code = f"from peft_memcontrol.search import RayExecutor; RayExecutor(address={shell_cluster!r})"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0
+    assert "ConnectionError: Could not connect to the Ray cluster at '127.0.0.1:6391'" in result.stderr
+    assert "RAY_AUTH_MODE=token" in result.stderr
