@@ -143,6 +143,8 @@ def test_bad_feature_inputs_raise_clear_errors(features):
         average_min_cosine_distance(torch.zeros(2, 12), training)
     with pytest.raises(ValueError, match="empty"):
         average_min_cosine_distance(generated[:0], training)
+    with pytest.raises(ValueError, match="direction must be one of"):
+        AverageMinCosineDistance(feature=None, direction="generated_to_train")
     metric = AverageMinCosineDistance(feature=None)
     with pytest.raises(RuntimeError, match="at least one generated"):
         metric.compute()

@@ -1,11 +1,10 @@
 """The demo's two data sets, written as diffusers image folders (``metadata.jsonl`` with ``file_name`` and ``text``).
 
-* **faces** (the search and the baselines): LFW faces from scikit-image, a domain the tiny pipeline never saw, built
-  by `peft_memcontrol.pipelines.build_demo_dataset`.
-* **digits** (the transfer domain): scikit-learn's handwritten digits, the tiny pipeline's pretraining domain, as
-  Imagenette is close to Stable Diffusion's. Each digit gets a caption of its own (the digit and a made-up writer),
-  and a memorization subset is duplicated, with the same layout as the faces: ``train/``, ``test/``,
-  ``memorization/``.
+* **digits** (the main domain: the search and the baselines): scikit-learn's handwritten digits, the tiny pipeline's
+  pretraining domain. Each digit gets a caption of its own (the digit and a made-up writer), and a memorization
+  subset is duplicated: the setting in which full fine-tuning copies its training images on this pipeline.
+* **faces** (the transfer domain): LFW faces from scikit-image, a domain the tiny pipeline never saw, built by
+  `peft_memcontrol.pipelines.build_demo_dataset`, with the same layout: ``train/``, ``test/``, ``memorization/``.
 """
 
 from __future__ import annotations

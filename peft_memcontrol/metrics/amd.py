@@ -20,7 +20,7 @@ from torchmetrics import Metric
 from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
 from .fid import FrechetDistance
 from .images import ImageInput
-from .paired import Direction, PairedFeatureMetric
+from .paired import Direction, PairedFeatureMetric, check_direction
 
 
 MIFID_EPSILON = 1e-15
@@ -45,6 +45,7 @@ class AverageMinCosineDistance(PairedFeatureMetric):
     higher_is_better = True  # higher AMD = less memorization
 
     def __init__(self, direction: Direction = "generated_to_training", **kwargs: Any) -> None:
+        check_direction(direction)
         super().__init__(**kwargs)
         self.direction = direction
 

@@ -17,6 +17,12 @@ Direction = Literal["generated_to_training", "training_to_generated"]
 DIRECTIONS = ("generated_to_training", "training_to_generated")
 
 
+def check_direction(direction: str) -> None:
+    """Refuse a nearest-neighbour direction other than `DIRECTIONS` (a typo would otherwise pass until compute)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'.")
+
+
 class PairedFeatureMetric(Metric):
     """Accumulates features of generated images and of training images, then searches nearest neighbours.
 
@@ -86,8 +92,7 @@ class PairedFeatureMetric(Metric):
 
     def _nearest(self, direction: Direction = "generated_to_training") -> NearestNeighbours:
         """Nearest neighbours of each generated feature among training features, or the reverse."""
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got '{direction}'.")
+        check_direction(direction)
         generated, training = self._gathered()
         queries, references = (generated, training) if direction == DIRECTIONS[0] else (training, generated)
         return nearest_neighbours(queries, references, self.query_chunk_size, self.reference_chunk_size)
