@@ -146,8 +146,7 @@ def _picture(name: str) -> np.ndarray:
     import skimage.data
 
     array = getattr(skimage.data, name)()
-    height, width = array.shape
-    return array[: height, : int(width * 0.8)] if name in ("camera", "moon", "brick") else array
+    return array[:, : int(array.shape[1] * 0.8)] if name in ("camera", "moon", "brick") else array
 
 
 @pytest.fixture(scope="module")

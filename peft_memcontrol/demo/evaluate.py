@@ -8,6 +8,10 @@
 
 All in the offline EfficientNet-Lite0 feature space by default. Generations are seeded, so a model scores the same
 on every run.
+
+`evaluate_model` takes plain `EvaluationSettings` (the demo converts its `DemoConfig` with
+`EvaluationSettings.from_demo_config`), and `load_split` reads any diffusers image folder, so the same scoring serves
+models fine-tuned on one's own data: ``examples/evaluate_memorization.py`` is its command line.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import torch
 
 from ..metrics import (
+    DEFAULT_FEATURE,
     ExtractionAttackConfig,
     evaluate_generations,
     extraction_attack_on_images,
@@ -25,6 +30,53 @@ from ..metrics import (
     noise_norm_score,
 )
 from .config import DemoConfig
+
+
+@dataclass
+class EvaluationSettings:
+    """How `evaluate_model` scores a model, independent of the demo.
+
+    Attributes:
+        num_generations: seeded generations per attacked (memorized) prompt; they feed the extraction attack, AMD,
+            replication and MiFID's AMD (the reference code's attack used 50).
+        num_inference_steps, guidance_scale: sampling of every generation.
+        extraction_threshold: the attack's tiled-L2 threshold (RMS per tile, pixels in [0, 1]); set it per domain,
+            above the VAE's own reconstruction error of the domain's images and below the distance between
+            distinct images (see docs/demo.md, "How the setting was chosen").
+        min_group_size: generations of one prompt that must lie within the threshold of each other to flag it.
+        noise_norm_generations: starting noises per prompt of Wen et al.'s noise-norm score.
+        feature: the feature space of FID, AMD, MiFID and replication (a name for
+            `peft_memcontrol.metrics.get_feature_extractor`, or an extractor).
+        seed: of every generation.
+        generation_batch_size: images generated at once; ``None``: ``max(num_generations, 8)``, the demo's choice.
+        image_size: height and width of the generations; ``None``: the pipeline's default (its native size). The
+            noise-norm score always starts from latents of the UNet's native size.
+    """
+
+    num_generations: int = 4
+    num_inference_steps: int = 10
+    guidance_scale: float = 4.0
+    extraction_threshold: float = 0.3
+    min_group_size: int = 2
+    noise_norm_generations: int = 2
+    feature: Any = DEFAULT_FEATURE
+    seed: int = 0
+    generation_batch_size: int | None = None
+    image_size: int | None = None
+
+    @classmethod
+    def from_demo_config(cls, config: DemoConfig, domain: str) -> EvaluationSettings:
+        """The demo's scoring of ``domain`` (its extraction threshold comes from ``config.extraction_thresholds``)."""
+        return cls(
+            num_generations=config.num_generations,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            extraction_threshold=config.extraction_thresholds[domain],
+            min_group_size=config.min_group_size,
+            noise_norm_generations=config.noise_norm_generations,
+            feature=config.feature,
+            seed=config.seed,
+        )
 
 
 @dataclass
@@ -48,7 +100,10 @@ class EvaluationData:
 @dataclass
 class ModelScores:
     """One model's scores. ``prompt_records`` keep, per memorized prompt, the attack's representative generation
-    and its distance to the training image (for the nearest-neighbour picture)."""
+    and its distance to the training image (for the nearest-neighbour picture). With ``keep_generations``,
+    `evaluate_model` also returns the images it scored: ``test_generations`` (one per held-out prompt, FID's) and
+    ``attack_generations`` (``num_generations`` per memorized prompt; AMD's, replication's and the attack's), in
+    ``[0, 1]``, NCHW."""
 
     fid: float
     mifid: float
@@ -59,6 +114,8 @@ class ModelScores:
     num_extracted: int
     noise_norm: float
     prompt_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    test_generations: torch.Tensor | None = field(default=None, repr=False)
+    attack_generations: list[torch.Tensor] | None = field(default=None, repr=False)
 
     def table_values(self) -> dict[str, float]:
         """The scalar scores, by column name."""
@@ -74,8 +131,14 @@ class ModelScores:
         }
 
 
-def load_split(folder: str, resolution: int, unique: bool = True) -> SplitImages:
-    """Images and captions of an image folder; with ``unique``, each ``source_id`` (or caption) only once."""
+def load_split(
+    folder: str, resolution: int, unique: bool = True, max_images: int | None = None, seed: int = 0
+) -> SplitImages:
+    """Images and captions of an image folder; with ``unique``, each ``source_id`` (or caption) only once.
+
+    ``max_images`` keeps a seeded random subset of those rows (in folder order), chosen before any image is read,
+    so a large folder never has to fit in memory.
+    """
     from ..training import load_training_dataset
 
     dataset = load_training_dataset(train_data_dir=folder, resolution=resolution)
@@ -86,6 +149,11 @@ def load_split(folder: str, resolution: int, unique: bool = True) -> SplitImages
             continue
         seen.add(key)
         indices.append(index)
+    if max_images is not None and len(indices) > max_images:
+        if max_images < 1:
+            raise ValueError(f"max_images must be at least 1, got {max_images}.")
+        chosen = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:max_images]
+        indices = [indices[i] for i in sorted(chosen.tolist())]
     items = [dataset[i] for i in indices]
     images = torch.stack([item["pixel_values"] for item in items]).add(1.0).div(2.0).clamp(0.0, 1.0)
     return SplitImages(images, [item["caption"] for item in items])
@@ -102,10 +170,29 @@ def load_evaluation_data(dataset: Any, domain: str, resolution: int = 32) -> Eva
 
 
 @torch.no_grad()
-def evaluate_model(pipeline: Any, data: EvaluationData, config: DemoConfig, feature: Any = None) -> ModelScores:
-    """Score a text-to-image pipeline on ``data`` with the demo's settings (see the module docstring)."""
+def evaluate_model(
+    pipeline: Any,
+    data: EvaluationData,
+    config: EvaluationSettings | DemoConfig,
+    feature: Any = None,
+    keep_generations: bool = False,
+) -> ModelScores:
+    """Score a text-to-image pipeline on ``data`` (see the module docstring).
+
+    Args:
+        pipeline: a diffusers text-to-image pipeline (Stable-Diffusion-style: ``encode_prompt``, ``unet``).
+        data: held-out images and prompts (FID), the memorized subset (the attack's prompts and targets), and the
+            training images (AMD's and replication's reference).
+        config: `EvaluationSettings`, or a `DemoConfig` (scored with the demo's settings for ``data.domain``).
+        feature: an already built feature extractor, to share one between models; default ``config.feature``.
+        keep_generations: also return the scored generations in the `ModelScores`.
+    """
+    if isinstance(config, DemoConfig):
+        config = EvaluationSettings.from_demo_config(config, data.domain)
     sampling = {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale}
-    batch = max(config.num_generations, 8)
+    if config.image_size is not None:
+        sampling.update(height=config.image_size, width=config.image_size)
+    batch = config.generation_batch_size or max(config.num_generations, 8)
     feature = feature if feature is not None else config.feature
 
     generator = torch.Generator(pipeline.device).manual_seed(config.seed)
@@ -124,7 +211,7 @@ def evaluate_model(pipeline: Any, data: EvaluationData, config: DemoConfig, feat
         data.memorization.images,
         prompts=data.memorization.captions,
         config=ExtractionAttackConfig(
-            threshold=config.extraction_thresholds[data.domain],
+            threshold=config.extraction_threshold,
             min_group_size=config.min_group_size,
             verify="all",
         ),
@@ -160,4 +247,6 @@ def evaluate_model(pipeline: Any, data: EvaluationData, config: DemoConfig, feat
         num_extracted=attack.num_extracted,
         noise_norm=float(noise.mean()),
         prompt_records=records,
+        test_generations=test_generations if keep_generations else None,
+        attack_generations=per_prompt if keep_generations else None,
     )
