@@ -28,7 +28,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-GUIDES = ["index.md", "quickstart.md", "concepts.md", "hub.md", "reference-code.md", "training.md", "search.md"]
+GUIDES = [
+    "index.md",
+    "quickstart.md",
+    "concepts.md",
+    "hub.md",
+    "reference-code.md",
+    "training.md",
+    "search.md",
+    "metrics.md",
+]
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 RUNNABLE = "python"
 NOT_RUN = "python {.notest}"
@@ -104,6 +113,17 @@ def test_guide_blocks_are_marked(guide):
     text = (DOCS / guide).read_text(encoding="utf-8")
     for info, code in fenced_blocks(text):
         assert info in {RUNNABLE, NOT_RUN} | OTHER_INFO, f"{guide}: unknown fence info {info!r} before:\n{code[:200]}"
+
+
+def test_every_page_with_runnable_code_is_a_tested_guide():
+    """A page with a ```python block that is not in GUIDES would show code nobody runs."""
+    pages = sorted(path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md"))
+    untested = [
+        page
+        for page in pages
+        if page not in GUIDES and any(info == RUNNABLE for info, _ in fenced_blocks((DOCS / page).read_text("utf-8")))
+    ]
+    assert not untested, f"pages with runnable code missing from GUIDES: {untested}"
 
 
 @pytest.mark.slow
