@@ -27,6 +27,23 @@ def _launch(args: list[str], num_processes: int = 2, timeout: int = 400) -> subp
     )
 
 
+def _assert_tensorboard_logged(output_dir: str, num_steps: int, num_images: int) -> None:
+    """The main process logged one loss per step and the validation images (other processes log nothing)."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    runs = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(output_dir, "logs")) for name in names]
+    scalars = images = 0
+    for path in runs:
+        events = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.IMAGES: 0})
+        events.Reload()
+        tags = events.Tags()
+        if "train_loss" in tags["scalars"]:
+            scalars += len(events.Scalars("train_loss"))
+        if "validation" in tags["images"]:
+            images += len(events.Images("validation"))
+    assert scalars == num_steps
+    assert images == num_images
+
+
 @pytest.mark.slow
 def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
     from peft import PeftConfig, PeftModel
@@ -42,7 +59,7 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
     proc = _launch(
         ["--train_data_dir", data, "--method", "svdiff", "--mask", str(tmp_path / "mask.json")]
         + ["--max_train_steps", "2", "--train_batch_size", "2"]
-        + ["--learning_rate", "1e-2", "--output_dir", out, "--checkpointing_steps", "2", "--report_to", "none"]
+        + ["--learning_rate", "1e-2", "--output_dir", out, "--checkpointing_steps", "2", "--report_to", "tensorboard"]
         + ["--validation_prompt", "a photo of thing 1", "--num_validation_images", "1", "--num_inference_steps", "2"]
         + ["--save_merged_pipeline"]
     )
@@ -52,6 +69,7 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
         assert json.load(f)["global_step"] == 2
     assert os.path.isfile(os.path.join(out, "checkpoint-2", "trainable_parameters.safetensors"))
     assert os.path.isfile(os.path.join(out, "validation", "image_0.png"))
+    _assert_tensorboard_logged(out, num_steps=2, num_images=1)
 
     import peft_memcontrol  # noqa: F401  (registers the methods with PEFT)
 

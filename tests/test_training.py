@@ -300,3 +300,22 @@ def test_adapter_trains_and_only_its_parameters_change(folder_dataset, tmp_path,
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and changed <= set(trainer.trainable_parameters())
+
+
+def test_tensorboard_logs_the_losses_the_trainer_returns(folder_dataset, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from peft_memcontrol import SVDiffConfig
+
+    trainer = make_trainer(folder_dataset, SVDiffConfig(), str(tmp_path), max_train_steps=3, report_to="tensorboard")
+    assert [tracker.name for tracker in trainer.accelerator.trackers] == [] and trainer.accelerator.log_with
+    result = trainer.train()
+    trainer.end()
+    run_dir = tmp_path / "logs" / trainer.config.tracker_project_name
+    event_files = [path for path in run_dir.iterdir() if path.is_file() and "tfevents" in path.name]
+    assert len(event_files) == 1, event_files
+    events = event_accumulator.EventAccumulator(str(event_files[0]))
+    events.Reload()
+    logged = events.Scalars("train_loss")
+    assert [event.step for event in logged] == [1, 2, 3]
+    assert [event.value for event in logged] == pytest.approx(result.losses, rel=1e-6)
+    assert [event.value for event in events.Scalars("lr")] == pytest.approx([1e-3] * 3)
