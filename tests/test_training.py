@@ -47,6 +47,33 @@ def test_image_folder_and_csv_give_the_same_samples(tmp_path):
         assert a["pixel_values"].min() >= -1 and a["pixel_values"].max() <= 1
 
 
+def test_hub_format_dataset_gives_the_same_samples_as_the_folder(tmp_path):
+    """--dataset_name: a data set in the Hub's layout (parquet shards with an image and a text column), here a local
+    repository folder, which `datasets.load_dataset` reads exactly as a downloaded Hub repository."""
+    datasets = pytest.importorskip("datasets")
+    root = write_image_folder(str(tmp_path / "folder"), n=5)
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    table = datasets.Dataset.from_dict(
+        {
+            "image": [os.path.join(root, f"{i:03d}.png") for i in range(5)],
+            "caption": [f"a photo of thing {i}" for i in range(5)],
+        },
+        features=features,
+    )
+    repository = tmp_path / "user--faces"
+    (repository / "data").mkdir(parents=True)
+    table.to_parquet(str(repository / "data" / "train-00000-of-00001.parquet"))
+    cache = str(tmp_path / "cache")
+    folder = load_training_dataset(train_data_dir=root, resolution=16)
+    hub = load_training_dataset(dataset_name=str(repository), cache_dir=cache, resolution=16)
+    assert len(hub) == len(folder) == 5
+    for i in range(5):
+        assert hub[i]["caption"] == folder[i]["caption"]
+        assert torch.equal(hub[i]["pixel_values"], folder[i]["pixel_values"])
+    with pytest.raises(ValueError, match=r"--caption_column 'text' is not a column.*\['image', 'caption'\]"):
+        load_training_dataset(dataset_name=str(repository), cache_dir=cache, caption_column="text")
+
+
 def test_missing_caption_column_names_column_and_flag(tmp_path):
     root = write_image_folder(str(tmp_path / "folder"), n=2, caption_key="caption")
     with pytest.raises(ValueError, match=r"no 'text' column.*--caption_column"):
