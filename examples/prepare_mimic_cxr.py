@@ -343,13 +343,18 @@ class PreparationResult:
         studies = ", ".join(f"{r} {c}" for r, c in sorted(self.skipped_studies.items()) if c) or "none"
         sections = ", ".join(f"{name} {count}" for name, count in self.sections.items())
         return [
-            f"train: {self.num_train} images of {self.num_train_patients} patients",
-            f"test: {self.num_test} images of {self.num_test_patients} patients",
+            f"train: {_plural(self.num_train, 'image')} of {_plural(self.num_train_patients, 'patient')}",
+            f"test: {_plural(self.num_test, 'image')} of {_plural(self.num_test_patients, 'patient')}",
             f"split: {self.split_source}",
             f"prompts from: {sections or 'none'}; truncated to fit CLIP: {self.truncated_prompts}",
             f"skipped images: {skipped}",
             f"skipped studies: {studies}",
         ]
+
+
+def _plural(count: int, noun: str) -> str:
+    """``"1 image"``, ``"3 images"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> None:

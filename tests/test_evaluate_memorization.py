@@ -108,3 +108,23 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json nor unet/config.json"):
         script.main([*common, "--adapter_dir", str(tmp_path), "--output_dir", str(tmp_path / "none")])
+
+
+def test_full_fine_tuning_output_replaces_the_unet(digits, tmp_path):
+    from peft_memcontrol.pipelines import load_tiny_pipeline, tiny_pipeline_path
+    from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
+
+    data = load_training_dataset(train_data_dir=digits.train_dir, resolution=32)
+    config = TrainingConfig(
+        output_dir=str(tmp_path / "full"), max_train_steps=1, train_batch_size=2, learning_rate=1e-2
+    )
+    trainer = MemControlTrainer.from_pretrained(tiny_pipeline_path(), data, method="full", config=config)
+    trainer.train()
+    trainer.save_adapter()
+    trainer.end()
+
+    pipeline = load_tiny_pipeline()
+    before = {k: v.clone() for k, v in pipeline.unet.state_dict().items()}
+    assert script.apply_trained_model(pipeline, str(tmp_path / "full"), torch.float32) == "unet"
+    after = pipeline.unet.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
