@@ -37,6 +37,7 @@ GUIDES = [
     "training.md",
     "search.md",
     "metrics.md",
+    "reproducing.md",
 ]
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 RUNNABLE = "python"
