@@ -172,14 +172,19 @@ def normalize_whitespace(text: str) -> str:
 def extract_prompt(report: str, sections: Sequence[str] = DEFAULT_SECTIONS) -> tuple[str, str] | None:
     """``(text, section)`` of the first of ``sections`` that the report has with non-empty text, else ``None``.
 
-    A section also matches its plural or singular form ("IMPRESSIONS", "FINDING").
+    A section also matches its plural or singular form ("IMPRESSIONS", "FINDING"), and a combined header such as
+    "FINDINGS AND IMPRESSION" (used by some MIMIC-CXR reports) when the report has no header of that name alone.
     """
-    found = report_sections(report)
+    found = {name: text for name, text in report_sections(report).items() if text}
     for wanted in sections:
         wanted = wanted.upper()
-        for name in (wanted, wanted + "S", wanted.removesuffix("S")):
-            if found.get(name):
+        forms = {wanted, wanted + "S", wanted.removesuffix("S")}
+        for name in forms:
+            if name in found:
                 return found[name], wanted
+        for name, text in found.items():
+            if forms & {part.strip() for part in name.split(" AND ")}:
+                return text, wanted
     return None
 
 

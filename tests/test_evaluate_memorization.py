@@ -128,3 +128,23 @@ def test_full_fine_tuning_output_replaces_the_unet(digits, tmp_path):
     assert script.apply_trained_model(pipeline, str(tmp_path / "full"), torch.float32) == "unet"
     after = pipeline.unet.state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rows_share_a_source_only_through_source_id(tmp_path):
+    """Duplicates with one `source_id` count once; rows without one are distinct images even with one caption."""
+    from training_helpers import synthetic_images
+
+    from peft_memcontrol.demo.evaluate import load_split
+
+    rows = [("a.png", "no acute process", 7), ("b.png", "no acute process", 7), ("c.png", "no acute process", None)]
+    rows.append(("d.png", "no acute process", None))
+    with open(tmp_path / "metadata.jsonl", "w") as handle:
+        for (file_name, text, source_id), image in zip(rows, synthetic_images(len(rows), size=16)):
+            image.save(tmp_path / file_name)
+            row = {"file_name": file_name, "text": text} | ({} if source_id is None else {"source_id": source_id})
+            handle.write(json.dumps(row) + "\n")
+    split = load_split(str(tmp_path), resolution=16)
+    assert len(split.captions) == 3  # a.png (b.png is the same source), c.png, d.png
+    everything = load_split(str(tmp_path), resolution=16, unique=False)
+    assert len(everything.captions) == 4
+    assert torch.equal(split.images[1:], everything.images[2:])

@@ -299,6 +299,10 @@ def test_report_sections_and_views():
     assert prep.extract_prompt(REPORT_NO_SECTION) is None
     assert prep.extract_prompt("IMPRESSIONS: Clear lungs.\n") == ("Clear lungs.", "IMPRESSION")
     assert prep.extract_prompt("IMPRESSION:\n\nFINDINGS: Clear lungs.\n") == ("Clear lungs.", "FINDINGS")
+    combined = "WET READ: Edema.\n FINDINGS AND IMPRESSION: Mild edema.\n"
+    assert prep.extract_prompt(combined) == ("Mild edema.", "IMPRESSION")
+    assert prep.extract_prompt(combined + " IMPRESSION: Edema, improved.\n") == ("Edema, improved.", "IMPRESSION")
+    assert prep.extract_prompt(combined, ["FINDINGS"]) == ("Mild edema.", "FINDINGS")
     split = prep.patient_split([f"{i:08d}" for i in range(40)] * 3, test_fraction=0.25, seed=0)
     assert len(split) == 40 and sum(v == "test" for v in split.values()) == 10
     assert split == prep.patient_split([f"{i:08d}" for i in reversed(range(40))], 0.25, seed=0)

@@ -134,7 +134,10 @@ class ModelScores:
 def load_split(
     folder: str, resolution: int, unique: bool = True, max_images: int | None = None, seed: int = 0
 ) -> SplitImages:
-    """Images and captions of an image folder; with ``unique``, each ``source_id`` (or caption) only once.
+    """Images and captions of an image folder; with ``unique``, each ``source_id`` only once.
+
+    A row without ``source_id`` is its own source (keyed by ``file_name``): rows that share a caption, such as the
+    many X-rays whose impression reads "No acute cardiopulmonary process.", are different images and all count.
 
     ``max_images`` keeps a seeded random subset of those rows (in folder order), chosen before any image is read,
     so a large folder never has to fit in memory.
@@ -143,8 +146,8 @@ def load_split(
 
     dataset = load_training_dataset(train_data_dir=folder, resolution=resolution)
     seen, indices = set(), []
-    for index, (caption, row) in enumerate(zip(dataset.captions, dataset.metadata)):
-        key = row.get("source_id", caption)
+    for index, row in enumerate(dataset.metadata):
+        key = ("source_id", row["source_id"]) if "source_id" in row else ("file_name", row.get("file_name", index))
         if unique and key in seen:
             continue
         seen.add(key)
