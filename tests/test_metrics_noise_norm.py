@@ -95,3 +95,30 @@ def test_pipeline_conveniences_are_zero_for_a_text_blind_pipeline_and_positive_o
     assert scores.shape == (2,) and (scores > 0).all()
     assert pipeline_memorization_reward(blind, prompts, images).item() < 1e-6
     assert pipeline_memorization_reward(seeing, prompts, images).item() > 0
+
+
+def test_noise_norm_score_starts_from_latents_of_the_requested_image_size():
+    """At height x width pixels the score is the detector on (height / f) x (width / f) latents, f the VAE factor."""
+    pipeline = tiny_pipeline()
+    factor = pipeline.vae_scale_factor
+    height, width = 16 * factor, 8 * factor  # the tiny UNet's native latents are 16 x 16
+    scores = noise_norm_score(
+        pipeline,
+        ["a cat"],
+        num_generations=2,
+        num_steps=1,
+        num_inference_steps=5,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0),
+        height=height,
+        width=width,
+    )
+    text, uncond = pipeline.encode_prompt("a cat", "cpu", 2, do_classifier_free_guidance=True)
+    pipeline.scheduler.set_timesteps(5)
+    latents = torch.randn(2, 4, 16, 8, generator=torch.Generator().manual_seed(0))
+    expected = sampling_noise_norm(
+        pipeline.unet, pipeline.scheduler, latents * pipeline.scheduler.init_noise_sigma, text, uncond, 1, 3.0
+    )
+    torch.testing.assert_close(scores, expected.mean().view(1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiples of the VAE's factor"):
+        noise_norm_score(pipeline, ["a cat"], height=height + 1)

@@ -49,8 +49,8 @@ class EvaluationSettings:
             `peft_memcontrol.metrics.get_feature_extractor`, or an extractor).
         seed: of every generation.
         generation_batch_size: images generated at once; ``None``: ``max(num_generations, 8)``, the demo's choice.
-        image_size: height and width of the generations; ``None``: the pipeline's default (its native size). The
-            noise-norm score always starts from latents of the UNet's native size.
+        image_size: height and width of the generations and of the noise-norm score's latents; ``None``: the
+            pipeline's native size.
     """
 
     num_generations: int = 4
@@ -228,6 +228,8 @@ def evaluate_model(
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
         generator=torch.Generator(pipeline.device).manual_seed(config.seed),
+        height=config.image_size,
+        width=config.image_size,
     )
     records = [
         {

@@ -201,14 +201,24 @@ def noise_norm_score(
     num_inference_steps: int = 50,
     guidance_scale: float = 7.5,
     generator: torch.Generator | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> torch.Tensor:
     """Wen et al.'s per-prompt memorization score from a Stable-Diffusion-style pipeline: for each prompt, the
     noise norm averaged over the first ``num_steps`` of ``num_inference_steps`` sampling steps and over
     ``num_generations`` starting noises. Returns (P,) scores; higher = more likely memorized.
+
+    ``height`` and ``width`` are the image size in pixels, as in the pipeline's call (default: the UNet's native
+    size); score a model at the size it was fine-tuned and generates at (e.g. 224 for the paper's SD-1.5 runs).
     """
     unet, scheduler = pipeline.unet, pipeline.scheduler
     device = unet.device
-    channels, size = unet.config.in_channels, unet.config.sample_size
+    scale = getattr(pipeline, "vae_scale_factor", 8)
+    native = unet.config.sample_size * scale
+    height, width = height or native, width or native
+    if height % scale or width % scale:
+        raise ValueError(f"height and width must be multiples of the VAE's factor {scale}, got {height} x {width}.")
+    channels, latent_size = unet.config.in_channels, (height // scale, width // scale)
     scores = []
     for prompt in tqdm(prompts, desc="Noise-norm score", unit="prompt"):
         text_embeddings, uncond_embeddings = pipeline.encode_prompt(
@@ -216,7 +226,7 @@ def noise_norm_score(
         )
         scheduler.set_timesteps(num_inference_steps, device=device)
         latents = torch.randn(
-            (num_generations, channels, size, size), generator=generator, device=device, dtype=text_embeddings.dtype
+            (num_generations, channels, *latent_size), generator=generator, device=device, dtype=text_embeddings.dtype
         )
         latents = latents * scheduler.init_noise_sigma
         norms = sampling_noise_norm(
