@@ -157,3 +157,12 @@ def test_evaluate_generations_embeds_each_image_once_and_agrees_with_the_metrics
     metric.update(generated, real=False)
     metric.update(training, real=True)
     torch.testing.assert_close(metric.compute().rate, scores.replication.rate)
+    calls.clear()  # a training and a real set embedded once serve further models as features
+    precomputed = evaluate_generations(
+        generated, features["t"], features["r"], feature=CountingMeanColour(), replication_threshold=0.9
+    )
+    assert sum(calls) == 6
+    for name in ("fid", "mifid"):
+        torch.testing.assert_close(getattr(precomputed, name), getattr(scores, name))
+    torch.testing.assert_close(precomputed.amd.amd, scores.amd.amd)
+    assert torch.equal(precomputed.amd.indices, scores.amd.indices)

@@ -25,8 +25,10 @@ from ..metrics import (
     DEFAULT_FEATURE,
     ExtractionAttackConfig,
     evaluate_generations,
+    extract_features,
     extraction_attack_on_images,
     generate_images,
+    get_feature_extractor,
     noise_norm_score,
 )
 from .config import DemoConfig
@@ -196,7 +198,7 @@ def evaluate_model(
     if config.image_size is not None:
         sampling.update(height=config.image_size, width=config.image_size)
     batch = config.generation_batch_size or max(config.num_generations, 8)
-    feature = feature if feature is not None else config.feature
+    extractor = get_feature_extractor(feature if feature is not None else config.feature)
 
     generator = torch.Generator(pipeline.device).manual_seed(config.seed)
     test_generations = []
@@ -219,8 +221,9 @@ def evaluate_model(
             verify="all",
         ),
     )
-    quality = evaluate_generations(test_generations, data.training.images, data.test.images, feature=feature)
-    copying = evaluate_generations(torch.cat(per_prompt), data.training.images, data.test.images, feature=feature)
+    training, test = extract_features(data.training.images, extractor), extract_features(data.test.images, extractor)
+    quality = evaluate_generations(test_generations, training, test, feature=extractor)
+    copying = evaluate_generations(torch.cat(per_prompt), training, test, feature=extractor)
     noise = noise_norm_score(
         pipeline,
         data.memorization.captions,

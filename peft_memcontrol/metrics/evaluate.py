@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .amd import AMDResult, average_min_cosine_distance, mifid
-from .features import DEFAULT_FEATURE, FeatureSpec, extract_features, get_feature_extractor
+from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
 from .fid import frechet_distance
 from .images import ImageInput
 from .paired import Direction
@@ -36,6 +36,9 @@ def evaluate_generations(
 ) -> GenerationScores:
     """Scores generations against the training set (AMD, replication) and real images (FID, MiFID).
 
+    Each of the three inputs is images, or the (N, d) features of images already embedded in ``feature``'s space
+    (to embed a fixed training or test set once for several models).
+
     Args:
         generated_images: the model's generations.
         training_images: the images the model was fine-tuned on.
@@ -47,9 +50,9 @@ def evaluate_generations(
         mifid_threshold: AMD below which MiFID divides FID by AMD.
     """
     extractor = get_feature_extractor(feature)
-    generated = extract_features(generated_images, extractor, batch_size)
-    training = extract_features(training_images, extractor, batch_size)
-    real = training if real_images is None else extract_features(real_images, extractor, batch_size)
+    generated = as_features(generated_images, extractor, batch_size)
+    training = as_features(training_images, extractor, batch_size)
+    real = training if real_images is None else as_features(real_images, extractor, batch_size)
     fid = frechet_distance(real, generated)
     amd = average_min_cosine_distance(generated, training, direction=amd_direction)
     replication = replication_rate(generated, training, threshold=replication_threshold)
