@@ -51,6 +51,7 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 #: (key of the results, header, format) of the markdown table.
 TABLE_COLUMNS = [
+    ("method", "model", "{}"),
     ("fid", "FID ↓", "{:.2f}"),
     ("mifid", "MiFID ↓", "{:.2f}"),
     ("amd", "AMD ↑", "{:.4f}"),
@@ -172,16 +173,6 @@ def load_data(args: argparse.Namespace, resolution: int) -> Any:
     return EvaluationData(test=test, memorization=memorization, training=training, domain="custom")
 
 
-def markdown_table(label: str, values: dict[str, float]) -> str:
-    """One-row markdown table of the scores."""
-    header = "| model | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(TABLE_COLUMNS)
-    cells = [
-        pattern.format(int(values[key]) if pattern == "{:d}" else values[key]) for key, _, pattern in TABLE_COLUMNS
-    ]
-    return "\n".join([header, rule, f"| {label} | " + " | ".join(cells) + " |"]) + "\n"
-
-
 def save_generations(scores: Any, output_dir: str) -> str:
     """The scored generations: ``generations/test/<i>.png``, ``generations/attack/<prompt>_<k>.png`` and the exact
     float tensors in ``generations.safetensors`` (``test``: (N, 3, H, W); ``attack``: (P, G, 3, H, W))."""
@@ -206,6 +197,7 @@ def save_generations(scores: Any, output_dir: str) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Load, generate, score, write ``results.json`` and ``results.md``; returns the results."""
     from peft_memcontrol.demo.evaluate import EvaluationSettings, evaluate_model
+    from peft_memcontrol.demo.report import markdown_table
     from peft_memcontrol.metrics import get_feature_extractor
 
     args = parse_args(argv)
@@ -248,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["generations"] = save_generations(scores, args.output_dir)
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
-    table = markdown_table(label, values)
+    table = markdown_table([{"method": label, **values}], TABLE_COLUMNS)
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(table)
     print(table, end="")

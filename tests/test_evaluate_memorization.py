@@ -64,7 +64,13 @@ def test_scores_match_an_independent_amd(digits, tmp_path):
     assert saved["settings"]["resolution"] == 32  # the tiny pipeline's native size
     assert len(saved["per_prompt"]) == 2
     assert 0 <= saved["scores"]["extracted"] <= saved["scores"]["flagged"] <= 2
-    assert "| base model |" in (out / "results.md").read_text()
+    header, rule, row = (out / "results.md").read_text().splitlines()
+    cells = dict(
+        zip([cell.strip() for cell in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")])
+    )
+    assert cells["model"] == "base model" and rule.startswith("|---|---:|")
+    assert cells["FID ↓"] == f"{saved['scores']['fid']:.2f}" and cells["AMD ↑"] == f"{saved['scores']['amd']:.4f}"
+    assert cells["extracted ↓"] == str(saved["scores"]["extracted"])
 
     generations = load_file(str(out / "generations.safetensors"))
     assert generations["test"].shape == (5, 3, 32, 32) and generations["attack"].shape == (2, 3, 3, 32, 32)

@@ -41,12 +41,15 @@ def _format(value: Any, pattern: str) -> str:
     return pattern.format(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of ``rows`` with the demo's columns."""
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---" if key == "method" else "---:" for key, _, _ in COLUMNS) + "|")
+def markdown_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = tuple(COLUMNS)
+) -> str:
+    """A markdown table of ``rows``; ``columns`` are (key, header, format), the demo's by default. The ``method``
+    column is left-aligned, the others (numbers) right-aligned."""
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
+    lines.append("|" + "|".join("---" if key == "method" else "---:" for key, _, _ in columns) + "|")
     for row in rows:
-        lines.append("| " + " | ".join(_format(row[key], pattern) for key, _, pattern in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_format(row[key], pattern) for key, _, pattern in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
