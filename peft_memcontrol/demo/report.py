@@ -41,9 +41,7 @@ def _format(value: Any, pattern: str) -> str:
     return pattern.format(value)
 
 
-def markdown_table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = tuple(COLUMNS)
-) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = tuple(COLUMNS)) -> str:
     """A markdown table of ``rows``; ``columns`` are (key, header, format), the demo's by default. The ``method``
     column is left-aligned, the others (numbers) right-aligned."""
     lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
