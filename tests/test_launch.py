@@ -29,7 +29,8 @@ def _launch(args: list[str], num_processes: int = 2, timeout: int = 400) -> subp
 
 def _assert_tensorboard_logged(output_dir: str, num_steps: int, num_images: int) -> None:
     """The main process logged one loss per step and the validation images (other processes log nothing)."""
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from tensorboard.backend.event_processing import event_accumulator
+
     runs = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(output_dir, "logs")) for name in names]
     scalars = images = 0
     for path in runs:

@@ -88,7 +88,6 @@ def test_efficientnet_features_separate_a_copy_from_another_photo():
 
 
 def test_inception_without_torch_fidelity_names_what_is_missing():
-    pytest.importorskip("torch")
     try:
         import torch_fidelity  # noqa: F401
 

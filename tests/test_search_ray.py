@@ -38,7 +38,8 @@ def serial_front():
 
 @pytest.mark.slow
 def test_ray_gives_the_same_front_as_serial(serial_front):
-    ray = pytest.importorskip("ray")
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert front(RayExecutor(num_cpus=1)) == serial_front
@@ -63,8 +64,8 @@ def memcontrol_search(output_dir, *flags: str, env: dict | None = None) -> dict:
 @pytest.fixture(scope="module")
 def shell_cluster():
     """A Ray cluster started the way a user starts one: ``ray start --head`` (2 CPUs), stopped afterwards."""
-    pytest.importorskip("ray")
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
+    assert ray_cli, "the ray command is missing: pip install -e '.[test]'"
     port = "6391"
     temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay under 108 characters
     start = [ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--num-cpus", "2"]

@@ -75,7 +75,6 @@ def test_generates_32px_images(pipe):
 @pytest.mark.slow
 def test_pretrained_unet_beats_random_init(pipe):
     """The shipped UNet denoises its pretraining domain far better than the same net with seeded random weights."""
-    pytest.importorskip("sklearn")
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from peft_memcontrol.pipelines.images import digit_samples
@@ -108,7 +107,6 @@ def _read_jsonl(folder: str) -> list[dict]:
 
 
 def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
-    pytest.importorskip("skimage")
     from peft_memcontrol.pipelines import build_demo_dataset
     from peft_memcontrol.training import load_training_dataset
 

@@ -50,7 +50,8 @@ def test_image_folder_and_csv_give_the_same_samples(tmp_path):
 def test_hub_format_dataset_gives_the_same_samples_as_the_folder(tmp_path):
     """--dataset_name: a data set in the Hub's layout (parquet shards with an image and a text column), here a local
     repository folder, which `datasets.load_dataset` reads exactly as a downloaded Hub repository."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     root = write_image_folder(str(tmp_path / "folder"), n=5)
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     table = datasets.Dataset.from_dict(
@@ -330,7 +331,8 @@ def test_adapter_trains_and_only_its_parameters_change(folder_dataset, tmp_path,
 
 
 def test_tensorboard_logs_the_losses_the_trainer_returns(folder_dataset, tmp_path):
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from tensorboard.backend.event_processing import event_accumulator
+
     from peft_memcontrol import SVDiffConfig
 
     trainer = make_trainer(folder_dataset, SVDiffConfig(), str(tmp_path), max_train_steps=3, report_to="tensorboard")

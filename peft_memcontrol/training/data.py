@@ -236,7 +236,9 @@ def load_training_dataset(
         try:
             import datasets
         except ImportError as err:
-            raise ImportError("--dataset_name needs the `datasets` package: pip install datasets") from err
+            raise ImportError(
+                '--dataset_name needs the `datasets` package: pip install "peft-memcontrol[datasets]"'
+            ) from err
         hf = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)["train"]
         dataset = ImageCaptionDataset.from_hf_dataset(hf, image_column, caption_column, **transform)
     if max_train_samples is not None:
