@@ -1,9 +1,10 @@
 """Loading this package's adapters into diffusers models and pipelines, from a folder or the Hub.
 
 diffusers' ``load_lora_adapter`` / ``load_lora_weights`` always build a ``LoraConfig``, so they cannot load other
-PEFT types. `load_adapter` is the one call that does: it reads ``adapter_config.json`` and
-``adapter_model.safetensors`` (never a pickle), injects the adapter with diffusers' ``add_adapter`` and loads the
-weights, refusing an adapter made for another architecture with an error that names the layer and both shapes.
+PEFT types (nor a LoRA saved by ``PeftModel.save_pretrained``, whose keys carry PEFT's ``base_model.model.``
+prefix). `load_adapter` loads any of them: it reads ``adapter_config.json`` and ``adapter_model.safetensors`` (never
+a pickle), injects the adapter with diffusers' ``add_adapter`` and loads the weights, refusing an adapter made for
+another architecture with an error that names the layer and both shapes.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from peft.utils import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
-
-from .tuners.base import MaskedTunerConfig
 
 
 CONFIG_NAME = "adapter_config.json"
@@ -183,7 +182,10 @@ def load_adapter(
     revision: str | None = None,
     token: str | None = None,
 ) -> nn.Module:
-    """Load one of this package's adapters into a diffusers UNet/transformer or a pipeline's, and activate it.
+    """Load a PEFT adapter into a diffusers UNet/transformer or a pipeline's, and activate it.
+
+    This package's adapters, and any other PEFT type saved with ``save_pretrained`` (a LoRA baseline trained by
+    ``examples/train_text_to_image_memcontrol.py --method lora``, say).
 
     Args:
         unet_or_pipeline: a diffusers model (``ModelMixin``) or a pipeline with ``unet`` or ``transformer``.
@@ -197,11 +199,6 @@ def load_adapter(
     model = _target_model(unet_or_pipeline)
     folder = resolve_adapter_folder(path_or_repo_id, subfolder=subfolder, revision=revision, token=token)
     config = PeftConfig.from_pretrained(folder)
-    if not isinstance(config, MaskedTunerConfig):
-        raise ValueError(
-            f"{path_or_repo_id} is a {config.peft_type} adapter, not one of peft_memcontrol's; load LoRA adapters "
-            "with diffusers' load_lora_adapter / load_lora_weights."
-        )
     weights = read_adapter_weights(folder, device=next(model.parameters()).device)
     config.inference_mode = not is_trainable
     had_adapters = bool(getattr(model, "peft_config", None))
@@ -216,9 +213,10 @@ def load_adapter(
     except Exception:
         _remove_adapter(model, adapter_name, had_adapters)
         raise
-    # diffusers' add_adapter activates the adapter as trainable; honour is_trainable
+    # diffusers' add_adapter activates the adapter as trainable; honour is_trainable. Adapter parameters live in
+    # containers keyed by the adapter's name ("....mc_svdiff_spectral_shift.default", "....lora_A.default.weight").
     for name, parameter in model.named_parameters():
-        if name.endswith(f".{adapter_name}") and ".mc_" in name:
+        if f".{adapter_name}." in f"{name}.":
             parameter.requires_grad_(is_trainable)
     return model
 

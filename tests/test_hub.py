@@ -251,11 +251,20 @@ def test_config_from_a_newer_version_warns_and_loads(tmp_path):
     assert torch.equal(run(loaded, sd15_inputs()), run(model, sd15_inputs()))
 
 
-def test_lora_adapters_are_pointed_to_diffusers(tmp_path):
-    model = get_peft_model(build_sd15_unet(), LoraConfig(r=2, target_modules=["to_q"]))
+def test_a_lora_saved_by_peft_loads_too(tmp_path):
+    """A LoRA baseline saved with save_pretrained (which diffusers' load_lora_adapter cannot read: PEFT's key
+    prefix) loads like this package's adapters, frozen unless asked otherwise."""
+    config = LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    model = get_peft_model(build_sd15_unet(), config)
     model.save_pretrained(tmp_path / "lora")
-    with pytest.raises(ValueError, match="load_lora_adapter"):
-        pm.load_adapter(build_sd15_unet(), str(tmp_path / "lora"))
+    unet = pm.load_adapter(build_sd15_unet(), str(tmp_path / "lora"))
+    assert torch.equal(run(unet, sd15_inputs()), run(model, sd15_inputs()))
+    assert not torch.equal(run(unet, sd15_inputs()), run(build_sd15_unet(), sd15_inputs()))
+    lora = [name for name, _ in unet.named_parameters() if ".lora_" in name]
+    assert len(lora) == 2 * 2 * sum(1 for n, _ in unet.named_modules() if n.endswith(("attn1.to_q", "attn2.to_q")))
+    assert not any(p.requires_grad for p in unet.parameters())
+    trainable = pm.load_adapter(build_sd15_unet(), str(tmp_path / "lora"), is_trainable=True)
+    assert {n for n, p in trainable.named_parameters() if p.requires_grad} == set(lora)
 
 
 def test_low_cpu_mem_usage_load_gives_the_same_outputs(tmp_path):
