@@ -120,5 +120,8 @@ def test_noise_norm_score_starts_from_latents_of_the_requested_image_size():
         pipeline.unet, pipeline.scheduler, latents * pipeline.scheduler.init_noise_sigma, text, uncond, 1, 3.0
     )
     torch.testing.assert_close(scores, expected.mean().view(1), rtol=1e-5, atol=1e-6)
+    pipeline.scheduler.set_timesteps(7)
+    noise_norm_score(pipeline, ["a cat"], num_generations=1, num_inference_steps=5)
+    assert len(pipeline.scheduler.timesteps) == 7  # the pipeline's scheduler is left as it was
     with pytest.raises(ValueError, match="multiples of the VAE's factor"):
         noise_norm_score(pipeline, ["a cat"], height=height + 1)

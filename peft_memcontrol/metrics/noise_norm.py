@@ -15,6 +15,7 @@ memorization. Two uses:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -211,7 +212,8 @@ def noise_norm_score(
     ``height`` and ``width`` are the image size in pixels, as in the pipeline's call (default: the UNet's native
     size); score a model at the size it was fine-tuned and generates at (e.g. 224 for the paper's SD-1.5 runs).
     """
-    unet, scheduler = pipeline.unet, pipeline.scheduler
+    # a scheduler of our own: set_timesteps below must not change the pipeline's
+    unet, scheduler = pipeline.unet, copy.deepcopy(pipeline.scheduler)
     device = unet.device
     scale = getattr(pipeline, "vae_scale_factor", 8)
     native = unet.config.sample_size * scale
