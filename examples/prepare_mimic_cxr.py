@@ -564,7 +564,7 @@ def prepare_mimic_cxr(
         num_test_patients=len({row["subject_id"] for row in written["test"]}),
         skipped=dict(sorted(skipped.items())),
         skipped_studies=dict(sorted(skipped_studies.items())),
-        sections={name.upper(): sections[name] for name in (s.upper() for s in prompt_sections) if sections[name]},
+        sections={name: sections[name] for name in map(str.upper, prompt_sections) if sections[name]},
         truncated_prompts=truncated,
         split_source=split_source,
         output_dir=output_dir,

@@ -112,9 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
     if args.mask is not None and args.method in ("full", "lora"):
         raise ValueError(f"--mask selects slots of a MemControl method; --method {args.method} takes no mask.")
+    # the mask file is read once, here, so that a bad file fails before any model is loaded
+    args.mask_contents = read_mask(args.mask) if args.mask else (None, {})
     if args.learning_rate is None:
-        searched = read_mask(args.mask)[1].get("learning_rate") if args.mask else None
-        args.learning_rate = searched or 1e-4
+        args.learning_rate = args.mask_contents[1].get("learning_rate") or 1e-4
     return args
 
 
@@ -146,7 +147,7 @@ def build_method(args: argparse.Namespace):
     import peft_memcontrol as pm
 
     options = {}
-    mask, extra = read_mask(args.mask) if args.mask else (None, {})
+    mask, extra = args.mask_contents
     if args.mask_semantics or extra.get("mask_semantics"):
         options["mask_semantics"] = args.mask_semantics or extra["mask_semantics"]
     if args.method == "memcontrol":

@@ -95,10 +95,10 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="Full fine-tuning vs PEFT vs mitigations vs a searched mask, offline, with a report.",
-        description="Fine-tune the embedded tiny pipeline on a face set with a duplicated subset with every baseline "
-        "and a searched MemControl mask, score memorization and quality, transfer the mask to digits, and write a "
-        "report (results.md/.csv, transfer.md/.csv, nearest.png, search/front.png). Defaults: under 10 minutes on a "
-        "2-core CPU; --quick: under 3.",
+        description="Fine-tune the embedded tiny pipeline on handwritten digits with a duplicated subset with every "
+        "baseline and a searched MemControl mask, score memorization and quality, transfer the mask to faces, and "
+        "write a report (results.md/.csv, transfer.md/.csv, nearest.png, search/front.png). Default: about 10 "
+        "minutes on a 2-core CPU; --quick: about 3.",
     )
     parser.add_argument("--output_dir", default="memcontrol-demo", help="Report folder.")
     parser.add_argument("--quick", action="store_true", help="The small preset (about 3 minutes on a CPU).")

@@ -1,13 +1,13 @@
 """``memcontrol demo``: the paper's experiment in miniature on the embedded tiny pipeline, offline, with a report.
 
 `run_demo` fine-tunes full, SVDiff, DiffFit, attention tuning, random word addition and Wen et al.'s filtering on
-a face set with a duplicated subset, searches an SVDiff mask with `MaskSearcher`, scores every model the same way,
-transfers the mask to digits, and writes a report folder. `DemoConfig` holds its settings (``default`` and
+handwritten digits with a duplicated subset, searches an SVDiff mask with `MaskSearcher`, scores every model the
+same way, transfers the mask to faces, and writes a report folder. `DemoConfig` holds its settings (``default`` and
 ``quick`` presets).
 """
 
 from .config import PRESETS, DemoConfig
-from .data import build_digits_dataset, build_faces_dataset
+from .data import build_digits_dataset
 from .evaluate import ModelScores, evaluate_model
 from .runner import run_demo
 
@@ -17,7 +17,6 @@ __all__ = [
     "DemoConfig",
     "ModelScores",
     "build_digits_dataset",
-    "build_faces_dataset",
     "evaluate_model",
     "run_demo",
 ]

@@ -33,7 +33,7 @@ def build_digits_dataset(
     size: int = 32,
     seed: int = 0,
 ) -> DemoDataset:
-    """Write the transfer set: ``num_train`` digits (of which ``num_memorization`` duplicated) and held-out digits.
+    """Write the main set: ``num_train`` digits (of which ``num_memorization`` duplicated) and held-out digits.
 
     Writer names cycle every 100 samples, so captions stay unique for up to 100 digits in all.
     """
@@ -61,19 +61,6 @@ def build_digits_dataset(
     )
 
 
-def build_faces_dataset(
-    output_dir: str, num_test: int = 16, num_memorization: int = 4, memorization_repeats: int = 25, seed: int = 0
-) -> DemoDataset:
-    """The faces set (`peft_memcontrol.pipelines.build_demo_dataset`), at the demo's sizes."""
-    return build_demo_dataset(
-        output_dir,
-        num_test=num_test,
-        num_memorization=num_memorization,
-        memorization_repeats=memorization_repeats,
-        seed=seed,
-    )
-
-
 DOMAINS = ("digits", "faces")
 
 
@@ -89,7 +76,11 @@ def build_domain(domain: str, output_dir: str, config: Any) -> DemoDataset:
             seed=config.seed,
         )
     if domain == "faces":
-        return build_faces_dataset(
-            output_dir, config.num_test, config.num_memorization, config.memorization_repeats, config.seed
+        return build_demo_dataset(
+            output_dir,
+            num_test=config.num_test,
+            num_memorization=config.num_memorization,
+            memorization_repeats=config.memorization_repeats,
+            seed=config.seed,
         )
     raise ValueError(f"Unknown demo domain {domain!r}; choose one of {DOMAINS}.")
