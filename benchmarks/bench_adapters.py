@@ -11,6 +11,7 @@ on a GPU (``--device cuda --dtype float16``; peak memory is then CUDA's)::
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -21,6 +22,11 @@ import sys
 import time
 
 import torch
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig, get_peft_model
+
+import peft_memcontrol as pm
+from peft_memcontrol import SD15_UNET_CONFIG
 
 
 UNETS = {
@@ -53,10 +59,6 @@ METHODS = ["full", "lora-r4", "svdiff", "difffit", "attention"]
 
 
 def build_unet(size: str, device: str, dtype: torch.dtype):
-    from diffusers import UNet2DConditionModel
-
-    from peft_memcontrol import SD15_UNET_CONFIG
-
     overrides, sample_size, _ = UNETS[size]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**{**SD15_UNET_CONFIG, **overrides, "sample_size": sample_size})
@@ -68,10 +70,6 @@ def svdiff_targets(unet) -> list[str]:
 
 
 def apply_method(unet, method: str):
-    from peft import LoraConfig, get_peft_model
-
-    import peft_memcontrol as pm
-
     if method == "full":
         unet.requires_grad_(True)
         return unet
@@ -114,8 +112,6 @@ def run_case(args) -> dict:
         return {"seconds": time.perf_counter() - start}
     if args.case == "infer":
         # base and merged model side by side in one process, calls interleaved, so that machine noise hits both
-        import copy
-
         merged = apply_method(copy.deepcopy(unet), args.method).merge_and_unload().eval()
         unet.eval()
         times = {"base": [], "merged": []}
@@ -130,8 +126,6 @@ def run_case(args) -> dict:
         return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
     model = apply_method(unet, args.method)
     model.train()
-    import peft_memcontrol as pm
-
     optimizer = torch.optim.AdamW(pm.adapter_param_groups(model, 1e-4))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     times = []

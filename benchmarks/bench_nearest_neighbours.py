@@ -17,16 +17,16 @@ import subprocess
 import sys
 import time
 
+import torch
+
+from peft_memcontrol.metrics import nearest_neighbours
+
 
 CASES = [(1_000, 10_000), (1_000, 50_000), (10_000, 10_000), (10_000, 50_000), (10_000, 100_000)]
 
 
 def run_case(method: str, num_generated: int, num_training: int, dim: int) -> dict:
     """Runs one search in this process; returns seconds and peak memory above the inputs, in MiB."""
-    import torch
-
-    from peft_memcontrol.metrics import nearest_neighbours
-
     generator = torch.Generator().manual_seed(0)
     generated = torch.randn(num_generated, dim, generator=generator)
     training = torch.randn(num_training, dim, generator=generator)

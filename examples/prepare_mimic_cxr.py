@@ -65,6 +65,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from peft_memcontrol.pipelines import tiny_pipeline_path
 
 
 METADATA_STEM = "mimic-cxr-2.0.0-metadata"
@@ -199,11 +202,7 @@ class PromptTruncator:
 
     def __init__(self, tokenizer: Any = None, max_tokens: int = CLIP_CONTEXT_LENGTH) -> None:
         if tokenizer is None or isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
             if tokenizer is None:
-                from peft_memcontrol.pipelines import tiny_pipeline_path
-
                 tokenizer = os.path.join(tiny_pipeline_path(), "tokenizer")
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         if max_tokens < 3:
