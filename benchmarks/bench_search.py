@@ -19,31 +19,32 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
+from peft_memcontrol.sample_data import build_faces_dataset
+from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig, SyntheticMaskProblem, hypervolume
+from peft_memcontrol.search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
+from peft_memcontrol.search.pareto import non_dominated_indices
+from peft_memcontrol.training import TrainingConfig
+
 
 def bench_candidate_cost(num_candidates: int, steps: int) -> list[tuple[str, float, float]]:
-    from peft_memcontrol.pipelines import build_demo_dataset
-    from peft_memcontrol.search import GenomeSpace
-    from peft_memcontrol.search.inner_loop import InnerLoop
-
     space = GenomeSpace.from_layout("sd15-reference-13")
     genomes = [space.decode(g) for g in space.seed_genomes()][:num_candidates]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        data = build_demo_dataset(os.path.join(folder, "data"), num_test=8, num_memorization=4, memorization_repeats=2)
+        data = build_faces_dataset(os.path.join(folder, "data"), num_test=8, num_memorization=4, memorization_repeats=2)
         for reuse in (True, False):
+            seed = 1 if reuse else 2  # separate worker caches
             loop = InnerLoop(
-                data.train_dir,
+                ProxyDataSpec(
+                    data.train_dir, test_data_dir=data.test_dir, fraction=0.1, num_memorization=4, repeats=2, seed=seed
+                ),
                 objectives=["noise_norm", "val_loss"],
-                test_data_dir=data.test_dir,
-                max_train_steps=steps,
-                train_batch_size=4,
-                proxy_fraction=0.1,
-                proxy_num_memorization=4,
-                proxy_repeats=2,
-                seed=1 if reuse else 2,  # separate worker caches
+                training=TrainingConfig(max_train_steps=steps, train_batch_size=4, seed=seed),
+                evaluation=replace(SEARCH_EVALUATION, seed=seed),
                 reuse_base_model=reuse,
             )
             loop(genomes[0], 1.0)  # warm-up (first load, imports)
@@ -65,9 +66,6 @@ def cost_to_target(history: list[dict], target: float) -> tuple[float, float] | 
 
 
 def bench_multi_fidelity(seeds: int, share: float) -> list[tuple[str, str, str, str, int]]:
-    from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig, SyntheticMaskProblem, hypervolume
-    from peft_memcontrol.search.pareto import non_dominated_indices
-
     problem = SyntheticMaskProblem(10, seed=0, noise=0.3)
     points = [problem.values(bits) for bits in itertools.product([0, 1], repeat=10)]
     reference = [1.1, 1.1]

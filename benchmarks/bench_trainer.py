@@ -18,30 +18,30 @@ import tempfile
 import time
 
 import torch
+from peft import LoraConfig
+
+from peft_memcontrol.tiny_sd import load_tiny_pipeline
+from peft_memcontrol.training import ImageCaptionDataset
+from peft_memcontrol.tuners import DiffFitConfig, MaskedAttentionConfig, SVDiffConfig
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from training_helpers import make_trainer, synthetic_images  # noqa: E402  (the tests' helpers, on the path above)
 
 
 def method_configs() -> dict:
     """Method name -> trainer ``method`` argument."""
-    from peft import LoraConfig
-
-    import peft_memcontrol as pm
-
     return {
         "full": "full",
-        "svdiff": pm.SVDiffConfig(),
-        "difffit": pm.DiffFitConfig(),
-        "attention": pm.MaskedAttentionConfig(),
+        "svdiff": SVDiffConfig(),
+        "difffit": DiffFitConfig(),
+        "attention": MaskedAttentionConfig(),
         "lora (r=4)": LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
     }
 
 
 def bench(name: str, method, dataset, steps: int, warmup: int, batch_size: int, threshold, repeats: int) -> dict:
-    from training_helpers import make_trainer
-
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         trainer = make_trainer(
@@ -84,10 +84,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from training_helpers import synthetic_images
-
-    from peft_memcontrol.training import ImageCaptionDataset
-
     dataset = ImageCaptionDataset(synthetic_images(64), [f"a photo of thing {i}" for i in range(64)], resolution=32)
     configs = method_configs()
     names = args.methods.split(",") if args.methods else list(configs)
@@ -105,8 +101,6 @@ def main() -> None:
         )
         rows.append(row)
         print(f"{name}: {row['steps_per_s']:.2f} steps/s ({row['trainable']:,} trainable)", flush=True)
-
-    from peft_memcontrol.pipelines import load_tiny_pipeline
 
     total = sum(p.numel() for p in load_tiny_pipeline().unet.parameters())
     full = next((r["steps_per_s"] for r in rows if r["method"] == "full"), None)

@@ -43,8 +43,19 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from peft import PeftModel, get_peft_model
+
+import peft_memcontrol as pm
+from peft_memcontrol import SVDiffConfig
+from peft_memcontrol.sample_data import build_faces_dataset
+from peft_memcontrol.search import GenomeSpace
+from peft_memcontrol.search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
+from peft_memcontrol.tiny_sd import load_tiny_pipeline
+from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,11 +65,6 @@ METHODS = ("svdiff", "difffit", "attention")
 def check_adapters(device: str, quick: bool) -> str:
     """Adapted vs merged output and a save/load round trip, per method, in float16 on ``device`` (float32 on a
     CPU)."""
-    from diffusers import UNet2DConditionModel
-    from peft import PeftModel, get_peft_model
-
-    import peft_memcontrol as pm
-
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     if quick:  # the tiny test UNet
         size = {"block_out_channels": (32, 32, 64, 64), "norm_num_groups": 8, "cross_attention_dim": 32}
@@ -100,14 +106,8 @@ def check_adapters(device: str, quick: bool) -> str:
 
 def check_trainer(device: str, quick: bool) -> str:
     """Short SVDiff trainings of the tiny pipeline in fp16 and bf16 mixed precision (float32 on a CPU)."""
-    from diffusers import DDPMScheduler
-
-    from peft_memcontrol import SVDiffConfig
-    from peft_memcontrol.pipelines import build_demo_dataset, load_tiny_pipeline
-    from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
-
     with tempfile.TemporaryDirectory() as folder:
-        data = load_training_dataset(train_data_dir=build_demo_dataset(os.path.join(folder, "faces")).train_dir)
+        data = load_training_dataset(train_data_dir=build_faces_dataset(os.path.join(folder, "faces")).train_dir)
         results = []
         for precision in ("fp16", "bf16") if device.startswith("cuda") else ("no",):
             pipe = load_tiny_pipeline()
@@ -154,22 +154,15 @@ def check_trainer(device: str, quick: bool) -> str:
 
 def check_inner_loop(device: str, quick: bool) -> str:
     """One search candidate trained and scored on the GPU."""
-    from peft_memcontrol.pipelines import build_demo_dataset
-    from peft_memcontrol.search import GenomeSpace
-    from peft_memcontrol.search.inner_loop import InnerLoop
-
     with tempfile.TemporaryDirectory() as folder:
-        faces = build_demo_dataset(os.path.join(folder, "faces"))
+        faces = build_faces_dataset(os.path.join(folder, "faces"))
         inner_loop = InnerLoop(
-            faces.train_dir,
+            ProxyDataSpec(faces.train_dir, test_data_dir=faces.test_dir, fraction=0.1, repeats=5),
             objectives=["noise_norm", "fid"],
-            test_data_dir=faces.test_dir,
-            max_train_steps=10 if quick else 100,
-            train_batch_size=8,
-            proxy_fraction=0.1,
-            proxy_repeats=5,
-            num_fid_images=8 if quick else 20,
-            num_inference_steps=4 if quick else 20,
+            training=TrainingConfig(max_train_steps=10 if quick else 100, train_batch_size=8),
+            evaluation=replace(
+                SEARCH_EVALUATION, num_fid_images=8 if quick else 20, num_inference_steps=4 if quick else 20
+            ),
         )
         space = GenomeSpace.from_layout("sd15-reference-13", method="svdiff")
         candidate = space.decode([1] * len(space.units) + [-3.0])

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Score a fine-tuned text-to-image model for quality and memorization on your own image folders.
 
-The same scoring as ``memcontrol demo`` (`peft_memcontrol.demo.evaluate.evaluate_model`, with
+The same scoring as ``memcontrol demo`` (`peft_memcontrol.evaluation.evaluate_model`, with
 `peft_memcontrol.metrics`), for any diffusers pipeline, adapter and data::
 
     python examples/evaluate_memorization.py \\
@@ -45,6 +45,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+from safetensors.torch import save_file
+
+from peft_memcontrol import load_adapter
+from peft_memcontrol.evaluation import (
+    EvaluationData,
+    EvaluationSettings,
+    ModelScores,
+    SplitImages,
+    evaluate_model,
+    load_split,
+    markdown_table,
+)
+from peft_memcontrol.tiny_sd import tiny_pipeline_path
 
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -109,10 +124,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_pipeline(args: argparse.Namespace) -> Any:
     """The base pipeline on ``--device`` in ``--mixed_precision``, with ``--adapter_dir`` applied (not merged)."""
-    from diffusers import DiffusionPipeline
-
-    from peft_memcontrol.pipelines import tiny_pipeline_path
-
     path = args.pretrained_model_name_or_path or tiny_pipeline_path()
     dtype = DTYPES[args.mixed_precision]
     options: dict[str, Any] = {"torch_dtype": dtype, "revision": args.revision, "variant": args.variant}
@@ -131,14 +142,10 @@ def load_pipeline(args: argparse.Namespace) -> Any:
 def apply_trained_model(pipeline: Any, folder: str, dtype: torch.dtype) -> str:
     """Put a training output into ``pipeline``: an adapter (``adapter_config.json``) through
     `peft_memcontrol.load_adapter`, or a fully fine-tuned ``unet/``. Returns which of the two it was."""
-    import peft_memcontrol as pm
-
     if os.path.isfile(os.path.join(folder, "adapter_config.json")):
-        pm.load_adapter(pipeline, folder)
+        load_adapter(pipeline, folder)
         return "adapter"
     if os.path.isfile(os.path.join(folder, "unet", "config.json")):
-        from diffusers import UNet2DConditionModel
-
         pipeline.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
         return "unet"
     raise FileNotFoundError(
@@ -152,14 +159,12 @@ def native_resolution(pipeline: Any) -> int:
     return int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
 
 
-def load_data(args: argparse.Namespace, resolution: int) -> Any:
-    """The demo's `EvaluationData` from the three folders (see the module docstring for the attacked prompts).
+def load_data(args: argparse.Namespace, resolution: int) -> EvaluationData:
+    """The `EvaluationData` of the three folders (see the module docstring for the attacked prompts).
 
     With ``--max_train_images``, the attacked images are added to the drawn reference set, so AMD and replication
     always see the images the attack looks for (a repeated image changes neither).
     """
-    from peft_memcontrol.demo.evaluate import EvaluationData, SplitImages, load_split
-
     test = load_split(args.test_data_dir, resolution, max_images=args.num_fid_images, seed=args.seed)
     if args.memorization_data_dir:
         memorization = load_split(args.memorization_data_dir, resolution)
@@ -170,15 +175,12 @@ def load_data(args: argparse.Namespace, resolution: int) -> Any:
         training = SplitImages(
             torch.cat([memorization.images, training.images]), memorization.captions + training.captions
         )
-    return EvaluationData(test=test, memorization=memorization, training=training, domain="custom")
+    return EvaluationData(test=test, memorization=memorization, training=training)
 
 
-def save_generations(scores: Any, output_dir: str) -> str:
+def save_generations(scores: ModelScores, output_dir: str) -> str:
     """The scored generations: ``generations/test/<i>.png``, ``generations/attack/<prompt>_<k>.png`` and the exact
     float tensors in ``generations.safetensors`` (``test``: (N, 3, H, W); ``attack``: (P, G, 3, H, W))."""
-    from PIL import Image
-    from safetensors.torch import save_file
-
     attack = torch.stack(scores.attack_generations)
     for name, images in (("test", scores.test_generations), ("attack", attack.flatten(0, 1))):
         folder = os.path.join(output_dir, "generations", name)
@@ -196,10 +198,6 @@ def save_generations(scores: Any, output_dir: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Load, generate, score, write ``results.json`` and ``results.md``; returns the results."""
-    from peft_memcontrol.demo.evaluate import EvaluationSettings, evaluate_model
-    from peft_memcontrol.demo.report import markdown_table
-    from peft_memcontrol.metrics import get_feature_extractor
-
     args = parse_args(argv)
     pipeline = load_pipeline(args)
     resolution = args.resolution or native_resolution(pipeline)
@@ -212,12 +210,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         min_group_size=args.min_group_size,
         noise_norm_generations=args.noise_norm_generations,
         feature=args.feature,
+        feature_device=pipeline.device,
         seed=args.seed,
         generation_batch_size=args.generation_batch_size,
         image_size=resolution,
     )
-    feature = get_feature_extractor(args.feature).to(pipeline.device)
-    scores = evaluate_model(pipeline, data, settings, feature=feature, keep_generations=args.save_generations)
+    scores = evaluate_model(pipeline, data, settings, keep_generations=args.save_generations)
 
     os.makedirs(args.output_dir, exist_ok=True)
     label = args.label or (os.path.basename(os.path.normpath(args.adapter_dir)) if args.adapter_dir else "base model")

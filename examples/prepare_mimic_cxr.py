@@ -67,7 +67,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from peft_memcontrol.pipelines import tiny_pipeline_path
+from peft_memcontrol.tiny_sd import tiny_pipeline_path
 
 
 METADATA_STEM = "mimic-cxr-2.0.0-metadata"

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from peft_memcontrol.sample_data import build_faces_dataset
 from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig
-from peft_memcontrol.search.inner_loop import InnerLoop
+from peft_memcontrol.search.inner_loop import InnerLoop, ProxyDataSpec
 from peft_memcontrol.search.report import write_search_outputs
+from peft_memcontrol.training import TrainingConfig
 
 
 def main() -> None:
@@ -28,18 +30,12 @@ def main() -> None:
 
     train_dir, test_dir = args.train_data_dir, args.test_data_dir
     if train_dir is None:
-        from peft_memcontrol.pipelines import build_demo_dataset
-
-        demo = build_demo_dataset(os.path.join(args.output_dir, "demo-data"))
+        demo = build_faces_dataset(os.path.join(args.output_dir, "demo-data"))
         train_dir, test_dir = demo.train_dir, demo.test_dir
     inner_loop = InnerLoop(
-        train_dir,
+        ProxyDataSpec(train_dir, test_data_dir=test_dir, fraction=0.1, repeats=5),
         objectives=["noise_norm", "val_loss"],
-        test_data_dir=test_dir,
-        max_train_steps=args.max_train_steps,
-        train_batch_size=4,
-        proxy_fraction=0.1,
-        proxy_repeats=5,
+        training=TrainingConfig(max_train_steps=args.max_train_steps, train_batch_size=4),
     )
     space = GenomeSpace.from_layout("sd15-reference-13", method="svdiff")  # the reference's 13 bits + log lr
     config = SearchConfig(population_size=args.population_size, generations=args.generations)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Fine-tune a text-to-image model (Stable Diffusion) with a MemControl mask, an adapter, or fully.
+"""Fine-tune a text-to-image model (Stable Diffusion 1.x/2.x) with a MemControl mask, an adapter, or fully.
 
-Launched like diffusers' training scripts, with the same flag names as ``train_text_to_image_lora.py``::
+Launched like diffusers' training scripts, with the flag names of ``train_text_to_image_lora.py``::
 
     accelerate launch examples/train_text_to_image_memcontrol.py \\
         --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
@@ -12,6 +12,15 @@ Launched like diffusers' training scripts, with the same flag names as ``train_t
 Without ``--pretrained_model_name_or_path`` it trains the package's embedded tiny pipeline (offline, CPU).
 The adapter is saved with ``save_pretrained`` in ``--output_dir``; load it back with
 ``peft_memcontrol.load_adapter(pipeline, output_dir)`` or ``PeftModel.from_pretrained(unet, output_dir)``.
+
+The training flags are `TrainingConfig`'s fields (their help is the fields' documentation). Flags of diffusers'
+``train_text_to_image_lora.py`` that this script does not take: ``--num_train_epochs`` (the run is
+``--max_train_steps`` long), ``--validation_epochs`` (validation images are made once, after training),
+``--use_8bit_adam``, ``--allow_tf32``, ``--enable_xformers_memory_efficient_attention``, ``--image_interpolation_mode``
+(images are resized bilinearly), and ``--local_rank`` (``accelerate launch`` sets the process's rank).
+``--hub_token`` is refused: log in with ``hf auth login``. Defaults that differ from diffusers': ``--output_dir``,
+``--seed`` 0 (every run is seeded), ``--resolution`` (the model's native size), ``--train_batch_size`` 8,
+``--max_train_steps`` 1000, ``--lr_warmup_steps`` 0, and ``--image_column``/``--caption_column`` (per data source).
 """
 
 from __future__ import annotations
@@ -20,145 +29,305 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from peft import LoraConfig, PeftConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+from peft_memcontrol.hub import push_adapter_to_hub
+from peft_memcontrol.slots import Mask
+from peft_memcontrol.tiny_sd import tiny_pipeline_path
+from peft_memcontrol.training import (
+    CaptionWordRepetition,
+    MemControlTrainer,
+    RandomWordAddition,
+    RandomWordReplacement,
+    TrainingConfig,
+    add_config_arguments,
+    build_proxy_set,
+    config_from_args,
+    load_training_dataset,
+)
+from peft_memcontrol.tuners import METHODS, MemControlConfig
 
 
 logger = logging.getLogger("train_text_to_image_memcontrol")
 
-METHOD_CHOICES = ("svdiff", "difffit", "attention", "memcontrol", "lora", "full")
+METHOD_CHOICES = (*METHODS, "memcontrol", "lora", "full")
+
+#: Where the script's defaults differ from `TrainingConfig`'s (which suit the short runs of the library and search).
+SCRIPT_DEFAULTS = {
+    "output_dir": {"default": "sd-model-memcontrol"},
+    "max_train_steps": {"default": 1000},
+    "checkpointing_steps": {"default": 500},
+    "learning_rate": {
+        "default": None,
+        "help": "Initial learning rate (after the potential warmup period) to use. None: the learning rate the "
+        "search found, when --mask holds one; else 1e-4.",
+    },
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune a text-to-image UNet with a MemControl mask.")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--pretrained_model_name_or_path", default=None, help="Hub id or folder; default: tiny pipeline."
-    )
-    model.add_argument("--revision", default=None)
-    model.add_argument("--variant", default=None)
-    model.add_argument("--method", choices=METHOD_CHOICES, default="svdiff", help="Adapter, or 'full' fine-tuning.")
-    model.add_argument("--mask", default=None, help="JSON file: {slot: bool}, or a search result with a 'mask' key.")
-    model.add_argument("--mask_semantics", choices=("paper", "strict"), default=None)
-    model.add_argument("--rank", type=int, default=4, help="LoRA rank (--method lora).")
+@dataclass(frozen=True)
+class MaskFile:
+    """A ``--mask`` file: the mask, and what a search result or adapter config records beside it."""
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", default=None, help="A Hugging Face data set (needs `datasets`).")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None, help="An image folder with metadata.jsonl.")
-    data.add_argument("--train_csv", default=None, help="A CSV of image path and caption.")
-    data.add_argument("--image_column", default=None)
-    data.add_argument("--caption_column", default=None)
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--cache_dir", default=None)
-    data.add_argument("--resolution", type=int, default=None, help="Default: the model's sample size x VAE factor.")
-    data.add_argument("--center_crop", action="store_true")
-    data.add_argument("--random_flip", action="store_true")
-    data.add_argument("--proxy_fraction", type=float, default=None, help="Train on a proxy set: this data fraction...")
-    data.add_argument("--proxy_num_memorization", type=int, default=10, help="...plus this many samples...")
-    data.add_argument("--proxy_repeats", type=int, default=50, help="...each repeated this many times.")
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="sd-model-memcontrol")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--train_batch_size", type=int, default=8)
-    train.add_argument("--max_train_steps", type=int, default=1000)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--gradient_checkpointing", action="store_true")
-    train.add_argument(
-        "--learning_rate",
-        type=float,
-        default=None,
-        help="Default: the learning rate the search found, when --mask holds one; else 1e-4.",
-    )
-    train.add_argument("--scale_lr", action="store_true")
-    train.add_argument("--lr_scheduler", default="constant")
-    train.add_argument("--lr_warmup_steps", type=int, default=0)
-    train.add_argument("--snr_gamma", type=float, default=None)
-    train.add_argument("--adam_beta1", type=float, default=0.9)
-    train.add_argument("--adam_beta2", type=float, default=0.999)
-    train.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    train.add_argument("--adam_epsilon", type=float, default=1e-8)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument("--prediction_type", choices=("epsilon", "v_prediction"), default=None)
-    train.add_argument("--noise_offset", type=float, default=0.0)
-    train.add_argument("--caption_dropout_probability", type=float, default=0.1)
-    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    train.add_argument("--dataloader_num_workers", type=int, default=0)
-    train.add_argument("--checkpointing_steps", type=int, default=500)
-    train.add_argument("--checkpoints_total_limit", type=int, default=None)
-    train.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
-    train.add_argument("--report_to", default="tensorboard")
-    train.add_argument("--logging_dir", default="logs")
-
-    mitigation = parser.add_argument_group("mitigations")
-    mitigation.add_argument("--random_word_addition", type=int, default=0, help="Insert this many random words.")
-    mitigation.add_argument("--static_word_addition", action="store_true", help="Reference variant: once per sample.")
-    mitigation.add_argument("--random_word_replacement", type=float, default=0.0, help="Per-word replacement prob.")
-    mitigation.add_argument("--caption_word_repetition", type=int, default=0, help="Repeat this many caption words.")
-    mitigation.add_argument("--noise_norm_threshold", default=None, help="A number, or 'auto' (batch's top 10%%).")
-
-    output = parser.add_argument_group("validation and output")
-    output.add_argument("--validation_prompt", default=None)
-    output.add_argument("--num_validation_images", type=int, default=4)
-    output.add_argument("--num_inference_steps", type=int, default=30)
-    output.add_argument("--guidance_scale", type=float, default=7.5)
-    output.add_argument("--save_merged_pipeline", action="store_true", help="Also save the merged full pipeline.")
-    output.add_argument("--push_to_hub", action="store_true")
-    output.add_argument("--hub_model_id", default=None)
-    output.add_argument("--hub_token", default=None)
-    args = parser.parse_args(argv)
-    if args.hub_token is not None:
-        raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
-    if args.mask is not None and args.method in ("full", "lora"):
-        raise ValueError(f"--mask selects slots of a MemControl method; --method {args.method} takes no mask.")
-    # the mask file is read once, here, so that a bad file fails before any model is loaded
-    args.mask_contents = read_mask(args.mask) if args.mask else (None, {})
-    if args.learning_rate is None:
-        args.learning_rate = args.mask_contents[1].get("learning_rate") or 1e-4
-    return args
+    path: str
+    mask: Mask
+    method: str | None = None
+    learning_rate: float | None = None
+    mask_semantics: str | None = None
 
 
-def read_mask(path: str) -> tuple[dict[str, bool], dict]:
-    """Read a mask file: ``{slot: bool}``, or a search result / adapter config holding ``"mask"``."""
+def read_mask_file(path: str) -> MaskFile:
+    """Read ``--mask``: a ``{slot: bool}`` object, or a search result / adapter config holding ``"mask"``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--mask {path} does not exist.")
     with open(path) as f:
-        data = json.load(f)
-    extra = {}
-    if isinstance(data, dict) and "mask" in data:
-        extra = {k: data[k] for k in ("method", "learning_rate", "mask_semantics") if k in data}
-        data = data["mask"]
-    if not isinstance(data, dict) or not all(isinstance(v, (bool, int)) for v in data.values()):
+        text = f.read()
+    try:
+        mask = Mask.from_json(text)
+    except ValueError as error:
+        raise ValueError(f"--mask {path}: {error}") from error
+    data = json.loads(text)
+    settings = data if "mask" in data else {}
+    return MaskFile(
+        path=path,
+        mask=mask,
+        method=recorded_method(settings),
+        learning_rate=settings.get("learning_rate"),
+        mask_semantics=settings.get("mask_semantics"),
+    )
+
+
+def recorded_method(settings: Mapping[str, Any]) -> str | None:
+    """The method a mask file was searched or trained with: its ``"method"`` (a search result or `MemControlConfig`),
+    else the method of its ``"peft_type"`` (a method's ``adapter_config.json``); ``None`` if it records neither."""
+    if "method" in settings:
+        return settings["method"]
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(settings.get("peft_type"))
+    return next((name for name, (cls, _) in METHODS.items() if cls is config_cls), None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's flags: model, data, `TrainingConfig`'s fields, mitigations, validation and output."""
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a text-to-image UNet with a MemControl mask.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Path to pretrained model or model identifier from huggingface.co/models. None: the package's "
+        "embedded tiny pipeline.",
+    )
+    model.add_argument(
+        "--revision", default=None, help="Revision of pretrained model identifier from huggingface.co/models."
+    )
+    model.add_argument(
+        "--variant", default=None, help="Variant of the model files of the pretrained model, e.g. fp16."
+    )
+    model.add_argument(
+        "--method",
+        choices=METHOD_CHOICES,
+        default="svdiff",
+        help="The adapter: a masked method, 'memcontrol' (a searched mask on the method its --mask file records), "
+        "PEFT's 'lora', or 'full' fine-tuning.",
+    )
+    model.add_argument(
+        "--mask",
+        default=None,
+        help="JSON file: {slot: bool}, or a search result / adapter_config.json with a 'mask' entry (and the "
+        "'method', 'learning_rate' and 'mask_semantics' it was searched with).",
+    )
+    model.add_argument(
+        "--mask_semantics",
+        choices=("paper", "strict"),
+        default=None,
+        help="How a mask maps to parameters (see MaskedTunerConfig). None: the --mask file's, else the method's.",
+    )
+    model.add_argument(
+        "--rank", type=int, default=4, help="The dimension of the LoRA update matrices (--method lora)."
+    )
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset_name",
+        default=None,
+        help="The name of a Hugging Face data set, or a local copy of one (needs the `datasets` package).",
+    )
+    data.add_argument(
+        "--dataset_config_name",
+        default=None,
+        help="The config of the data set, leave as None if there's only one config.",
+    )
+    data.add_argument(
+        "--train_data_dir",
+        default=None,
+        help="An image folder with a metadata.jsonl providing the captions (diffusers' convention).",
+    )
+    data.add_argument("--train_csv", default=None, help="A CSV file of image path and caption.")
+    data.add_argument(
+        "--image_column",
+        default=None,
+        help="The column of the data containing an image. None: 'file_name' for folders, the first CSV column.",
+    )
+    data.add_argument(
+        "--caption_column",
+        default=None,
+        help="The column of the data containing a caption. None: 'text' for folders, the second CSV column.",
+    )
+    data.add_argument(
+        "--max_train_samples",
+        type=int,
+        default=None,
+        help="For debugging purposes or quicker training, truncate the number of training examples to this value.",
+    )
+    data.add_argument("--cache_dir", default=None, help="The directory where the downloaded data sets will be stored.")
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="The resolution images are resized and cropped to. None: the model's sample size x VAE factor.",
+    )
+    data.add_argument(
+        "--center_crop", action="store_true", help="Center crop the images to the resolution, instead of randomly."
+    )
+    data.add_argument("--random_flip", action="store_true", help="Randomly flip images horizontally.")
+    data.add_argument(
+        "--proxy_fraction",
+        type=float,
+        default=None,
+        help="Train on a proxy set: this fraction of the data plus --proxy_num_memorization samples repeated "
+        "--proxy_repeats times.",
+    )
+    data.add_argument(
+        "--proxy_num_memorization", type=int, default=10, help="Samples of the proxy set's memorization subset."
+    )
+    data.add_argument(
+        "--proxy_repeats", type=int, default=50, help="Repeats of each memorization sample in the proxy set."
+    )
+
+    add_config_arguments(
+        parser.add_argument_group("training"),
+        TrainingConfig,
+        # Caption transforms come from the mitigation flags; the progress bar always shows.
+        exclude=("caption_transforms", "show_progress"),
+        overrides=SCRIPT_DEFAULTS,
+    )
+
+    mitigation = parser.add_argument_group("mitigations")
+    mitigation.add_argument(
+        "--random_word_addition", type=int, default=0, help="Insert this many random words into each caption."
+    )
+    mitigation.add_argument(
+        "--static_word_addition",
+        action="store_true",
+        help="Draw the added words once per sample (the reference code's variant), not at every step.",
+    )
+    mitigation.add_argument(
+        "--random_word_replacement",
+        type=float,
+        default=0.0,
+        help="Replace each caption word by a random word with this probability.",
+    )
+    mitigation.add_argument(
+        "--caption_word_repetition", type=int, default=0, help="Repeat this many words of each caption."
+    )
+
+    output = parser.add_argument_group("validation and output")
+    output.add_argument(
+        "--validation_prompt", default=None, help="A prompt that is sampled after training for inference."
+    )
+    output.add_argument(
+        "--num_validation_images",
+        type=int,
+        default=4,
+        help="Number of images that should be generated with `validation_prompt`.",
+    )
+    output.add_argument("--num_inference_steps", type=int, default=30, help="Sampling steps of the validation images.")
+    output.add_argument(
+        "--guidance_scale", type=float, default=7.5, help="Classifier-free guidance scale of the validation images."
+    )
+    output.add_argument(
+        "--save_merged_pipeline",
+        action="store_true",
+        help="Also save the whole pipeline with the adapter merged into the UNet, in output_dir/merged_pipeline.",
+    )
+    output.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="Push the adapter, with its model card, to the Hub (peft_memcontrol.push_adapter_to_hub).",
+    )
+    output.add_argument(
+        "--hub_model_id", default=None, help="The Hub repository to push to. None: the name of output_dir."
+    )
+    output.add_argument(
+        "--hub_token",
+        default=None,
+        help="Refused: log in with `hf auth login` instead (a token would end up in logs).",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags; reads the ``--mask`` file, so that a bad file fails before any model is loaded."""
+    args = build_parser().parse_args(argv)
+    if args.hub_token is not None:
+        raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
+    if args.push_to_hub and args.method == "full":
         raise ValueError(
-            f"--mask {path}: expected a JSON object of slot name -> true/false, got {type(data).__name__}."
+            "--push_to_hub uploads an adapter; --method full trains the whole UNet: upload output_dir/unet with "
+            "`hf upload` instead."
         )
-    return {k: bool(v) for k, v in data.items()}, extra
+    if args.mask is not None and args.method in ("full", "lora"):
+        raise ValueError(f"--mask selects slots of a MemControl method; --method {args.method} takes no mask.")
+    args.mask_file = read_mask_file(args.mask) if args.mask else None
+    if args.mask_file is not None:
+        check_method_matches_mask(args.method, args.mask_file)
+    if args.learning_rate is None:
+        recorded = args.mask_file.learning_rate if args.mask_file else None
+        args.learning_rate = recorded or TrainingConfig.learning_rate
+    return args
 
 
-def build_method(args: argparse.Namespace):
+def check_method_matches_mask(method: str, mask_file: MaskFile) -> None:
+    """Refuse a ``--method`` other than the one ``mask_file`` records (``memcontrol`` takes the recorded one)."""
+    if method != "memcontrol" and mask_file.method is not None and mask_file.method != method:
+        raise ValueError(
+            f"--method {method} disagrees with --mask {mask_file.path}, a mask for method {mask_file.method!r}: "
+            f"pass --method {mask_file.method} (or --method memcontrol, which trains the method the file records)."
+        )
+
+
+def build_method(args: argparse.Namespace) -> str | PeftConfig:
     """The ``method`` argument of the trainer: ``"full"`` or a PEFT config."""
     if args.method == "full":
         return "full"
     if args.method == "lora":
-        from peft import LoraConfig
-
         return LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    import peft_memcontrol as pm
-
+    mask_file = args.mask_file
     options = {}
-    mask, extra = args.mask_contents
-    if args.mask_semantics or extra.get("mask_semantics"):
-        options["mask_semantics"] = args.mask_semantics or extra["mask_semantics"]
+    mask_semantics = args.mask_semantics or (mask_file.mask_semantics if mask_file else None)
+    if mask_semantics:
+        options["mask_semantics"] = mask_semantics
+    mask = mask_file.mask.to_dict() if mask_file else None
     if args.method == "memcontrol":
-        return pm.MemControlConfig(mask=mask, method=extra.get("method", "svdiff"), **options)
-    config_cls = {"svdiff": pm.SVDiffConfig, "difffit": pm.DiffFitConfig, "attention": pm.MaskedAttentionConfig}
-    return config_cls[args.method](mask=mask, **options)
+        if mask_file is not None and mask_file.method is not None:
+            options["method"] = mask_file.method
+        return MemControlConfig(mask=mask, **options)
+    config_cls = METHODS[args.method][0]
+    return config_cls(mask=mask, **options)
 
 
 def build_caption_transforms(args: argparse.Namespace) -> list:
-    from peft_memcontrol.training import CaptionWordRepetition, RandomWordAddition, RandomWordReplacement
-
+    """The caption randomizations the mitigation flags ask for, in the order they apply."""
     transforms = []
     if args.random_word_addition:
         transforms.append(
@@ -171,7 +340,14 @@ def build_caption_transforms(args: argparse.Namespace) -> list:
     return transforms
 
 
-def save_validation_images(trainer, args: argparse.Namespace) -> list[str]:
+def native_resolution(model_path: str, revision: str | None) -> int:
+    """The image size a model was made for: the UNet's sample size times the VAE's downsampling factor."""
+    unet_config = UNet2DConditionModel.load_config(model_path, subfolder="unet", revision=revision)
+    vae_config = AutoencoderKL.load_config(model_path, subfolder="vae", revision=revision)
+    return unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def save_validation_images(trainer: MemControlTrainer, args: argparse.Namespace) -> list[str]:
     """Generate ``--num_validation_images`` for ``--validation_prompt`` into ``output_dir/validation``."""
     pipe = trainer.pipeline()
     generator = torch.Generator().manual_seed(args.seed)
@@ -189,29 +365,16 @@ def save_validation_images(trainer, args: argparse.Namespace) -> list[str]:
         image.save(paths[-1])
     for tracker in trainer.accelerator.trackers:
         if tracker.name == "tensorboard":
-            import numpy as np
-
             stacked = np.stack([np.asarray(image) for image in images])
             tracker.writer.add_images("validation", stacked, trainer.global_step, dataformats="NHWC")
     return paths
 
 
 def main(argv: list[str] | None = None) -> None:
-    from peft_memcontrol.pipelines import tiny_pipeline_path
-    from peft_memcontrol.training import MemControlTrainer, TrainingConfig, build_proxy_set, load_training_dataset
-    from peft_memcontrol.training.mitigations import parse_threshold
-
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_path = args.pretrained_model_name_or_path or tiny_pipeline_path()
 
-    resolution = args.resolution
-    if resolution is None:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        unet_config = UNet2DConditionModel.load_config(model_path, subfolder="unet", revision=args.revision)
-        vae_config = AutoencoderKL.load_config(model_path, subfolder="vae", revision=args.revision)
-        resolution = unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
     dataset = load_training_dataset(
         train_data_dir=args.train_data_dir,
         dataset_name=args.dataset_name,
@@ -220,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         caption_column=args.caption_column,
         dataset_config_name=args.dataset_config_name,
         cache_dir=args.cache_dir,
-        resolution=resolution,
+        resolution=args.resolution or native_resolution(model_path, args.revision),
         center_crop=args.center_crop,
         random_flip=args.random_flip,
         max_train_samples=args.max_train_samples,
@@ -230,36 +393,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset, args.proxy_fraction, args.proxy_num_memorization, repeats=args.proxy_repeats, seed=args.seed
         ).dataset
 
-    config = TrainingConfig(
-        output_dir=args.output_dir,
-        max_train_steps=args.max_train_steps,
-        train_batch_size=args.train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        scale_lr=args.scale_lr,
-        lr_scheduler=args.lr_scheduler,
-        lr_warmup_steps=args.lr_warmup_steps,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_weight_decay=args.adam_weight_decay,
-        adam_epsilon=args.adam_epsilon,
-        max_grad_norm=args.max_grad_norm,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-        caption_dropout_probability=args.caption_dropout_probability,
-        snr_gamma=args.snr_gamma,
-        prediction_type=args.prediction_type,
-        noise_offset=args.noise_offset,
-        seed=args.seed,
-        checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        report_to=args.report_to,
-        logging_dir=args.logging_dir,
-        dataloader_num_workers=args.dataloader_num_workers,
-        caption_transforms=build_caption_transforms(args),
-        noise_norm_threshold=parse_threshold(args.noise_norm_threshold),
-    )
+    config = config_from_args(TrainingConfig, args, caption_transforms=build_caption_transforms(args))
     trainer = MemControlTrainer.from_pretrained(
         model_path, dataset, build_method(args), config, revision=args.revision, variant=args.variant
     )
@@ -273,18 +407,15 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(summary, f, indent=2)
         if args.validation_prompt:
             save_validation_images(trainer, args)
+        if args.push_to_hub:  # before merging, which takes the adapter out of the UNet
+            repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+            logger.info("Pushed the adapter: %s", push_adapter_to_hub(trainer.unwrapped_model, repo_id))
         if args.save_merged_pipeline:
             pipe = trainer.pipeline()
             unet = trainer.unwrapped_model
             if hasattr(unet, "merge_and_unload"):
                 pipe.unet = unet.merge_and_unload()
             pipe.save_pretrained(os.path.join(args.output_dir, "merged_pipeline"))
-        if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-            repo_id = create_repo(repo_id, exist_ok=True).repo_id
-            upload_folder(repo_id=repo_id, folder_path=args.output_dir, ignore_patterns=["checkpoint-*", "logs/*"])
     trainer.end()
 
 

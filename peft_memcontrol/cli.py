@@ -15,6 +15,29 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from .counting import meta_unet
+from .demo import runner as demo_runner
+from .demo.config import DemoConfig
+from .sample_data import build_faces_dataset
+from .search import (
+    GenomeSpace,
+    MaskSearcher,
+    ProcessExecutor,
+    RayExecutor,
+    SearchConfig,
+    SerialExecutor,
+    SyntheticMaskProblem,
+)
+from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
+from .search.report import push_mask_to_hub, write_search_outputs
+from .tiny_sd import tiny_pipeline_path
+from .training import TrainingConfig
+from .tuners import MemControlConfig
 
 
 logger = logging.getLogger("memcontrol")
@@ -118,11 +141,6 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo with the preset and overrides of the flags; prints the table and the report's paths."""
-    import torch
-
-    from .demo import DemoConfig
-    from .demo import run_demo as run
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.device != "cuda":
         torch.set_num_threads(1)  # tiny models: threads only add contention
@@ -142,7 +160,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     }
     config = DemoConfig.preset_config("quick" if args.quick else "default", progress=not args.no_progress, **overrides)
-    summary = run(config, args.output_dir)
+    summary = demo_runner.run_demo(config, args.output_dir)
     with open(summary["paths"]["results.md"], encoding="utf-8") as handle:
         print(handle.read())
     print(f"Report in {os.path.abspath(args.output_dir)} ({summary['seconds']:.0f} s)")
@@ -162,9 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _search_setup(args: argparse.Namespace):
     """(space, evaluator, constraint) from the flags."""
-    from .search import GenomeSpace, SyntheticMaskProblem
-    from .search.inner_loop import InnerLoop, TrainableShareConstraint
-
     lr_bounds = None if args.learning_rate is not None else (args.learning_rate_min, args.learning_rate_max)
     if args.synthetic is not None:
         units = tuple(f"unit.{i}" for i in range(args.synthetic))
@@ -174,18 +189,10 @@ def _search_setup(args: argparse.Namespace):
         )
         return space, evaluator, None
 
-    from diffusers import UNet2DConditionModel
-
-    from .counting import meta_unet
-    from .pipelines import tiny_pipeline_path
-    from .tuners import MemControlConfig
-
     model_path = args.pretrained_model_name_or_path or tiny_pipeline_path()
     train_dir, test_dir = args.train_data_dir, args.test_data_dir
     if train_dir is None:
-        from .pipelines import build_demo_dataset
-
-        demo = build_demo_dataset(os.path.join(args.output_dir, "demo-data"), seed=args.seed)
+        demo = build_faces_dataset(os.path.join(args.output_dir, "demo-data"), seed=args.seed)
         train_dir, test_dir = demo.train_dir, test_dir or demo.test_dir
     unet_config = dict(UNet2DConditionModel.load_config(model_path, subfolder="unet"))
     config_kwargs = {"mask_semantics": args.mask_semantics, "granularity": args.granularity}
@@ -196,28 +203,34 @@ def _search_setup(args: argparse.Namespace):
         layout=not args.no_reference_layout,
         learning_rate_bounds=lr_bounds,
     )
-    evaluator = InnerLoop(
+    data = ProxyDataSpec(
         train_dir,
-        objectives=args.objectives,
-        pretrained_model_name_or_path=args.pretrained_model_name_or_path,
         test_data_dir=test_dir,
+        pretrained_model_name_or_path=args.pretrained_model_name_or_path,
+        resolution=args.resolution,
+        fraction=args.proxy_fraction,
+        num_memorization=args.proxy_num_memorization,
+        repeats=args.proxy_repeats,
+        seed=args.seed,
+    )
+    training = TrainingConfig(
         max_train_steps=args.max_train_steps,
         train_batch_size=args.train_batch_size,
         learning_rate=args.learning_rate or 1e-4,
         mixed_precision=args.mixed_precision,
         caption_dropout_probability=args.caption_dropout_probability,
         seed=args.seed,
-        resolution=args.resolution,
-        proxy_fraction=args.proxy_fraction,
-        proxy_num_memorization=args.proxy_num_memorization,
-        proxy_repeats=args.proxy_repeats,
-        num_fid_images=args.num_fid_images,
+    )
+    evaluation = replace(
+        SEARCH_EVALUATION,
+        num_generations=args.num_extraction_generations,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
-        num_extraction_generations=args.num_extraction_generations,
         feature=args.feature,
-        **config_kwargs,
+        seed=args.seed,
+        num_fid_images=args.num_fid_images,
     )
+    evaluator = InnerLoop(data, args.objectives, training, evaluation, **config_kwargs)
     constraint = None
     if args.max_trainable_share is not None:
         constraint = TrainableShareConstraint(args.max_trainable_share, unet_config, **config_kwargs)
@@ -225,10 +238,8 @@ def _search_setup(args: argparse.Namespace):
 
 
 def _executor(args: argparse.Namespace):
-    from .search import ProcessPoolExecutor, RayExecutor, SerialExecutor
-
     if args.executor == "process":
-        return ProcessPoolExecutor(num_workers=args.num_workers, gpus=args.gpus or None)
+        return ProcessExecutor(num_workers=args.num_workers, gpus=args.gpus or None)
     if args.executor == "ray":
         return RayExecutor(num_gpus=args.gpus_per_task, address=args.ray_address)
     return SerialExecutor()
@@ -236,9 +247,6 @@ def _executor(args: argparse.Namespace):
 
 def run_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search and write its outputs; returns the exit status."""
-    from .search import MaskSearcher, SearchConfig
-    from .search.report import push_mask_to_hub, write_search_outputs
-
     space, evaluator, constraint = _search_setup(args)
     config = SearchConfig(
         population_size=args.population_size,

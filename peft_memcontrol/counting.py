@@ -10,10 +10,11 @@ import dataclasses
 from typing import Any
 
 from accelerate import init_empty_weights
+from diffusers import UNet2DConditionModel
 from torch import nn
 
-from .tuners import MaskedTunerConfig, tuner_for
-from .tuners.base import count_model_parameters
+from ._registry import method_of
+from .tuners.base import MaskedTunerConfig, count_model_parameters
 
 
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -50,15 +51,13 @@ SDXL_UNET_CONFIG: dict[str, Any] = {
 
 def meta_unet(config: dict[str, Any] | None = None) -> nn.Module:
     """A ``UNet2DConditionModel`` on the meta device (no weights allocated); SD-1.5's by default."""
-    from diffusers import UNet2DConditionModel
-
     with init_empty_weights():
         return UNet2DConditionModel(**(config or SD15_UNET_CONFIG))
 
 
 def count_trainable_parameters(model: nn.Module, config: MaskedTunerConfig) -> int:
     """How many parameters ``get_peft_model(model, config)`` would train."""
-    return tuner_for(config).count(model, config)
+    return method_of(config).model_cls.count(model, config)
 
 
 def trainable_share(model: nn.Module, config: MaskedTunerConfig) -> float:
@@ -68,4 +67,4 @@ def trainable_share(model: nn.Module, config: MaskedTunerConfig) -> float:
 
 def slot_units(model: nn.Module, config: MaskedTunerConfig) -> list[str]:
     """The mask units of ``config``'s method, granularity and semantics on ``model``, in bit order."""
-    return tuner_for(config).plan(model, dataclasses.replace(config, mask=None)).units
+    return method_of(config).model_cls.plan(model, dataclasses.replace(config, mask=None)).units

@@ -3,8 +3,9 @@
 diffusers' ``load_lora_adapter`` / ``load_lora_weights`` always build a ``LoraConfig``, so they cannot load other
 PEFT types (nor a LoRA saved by ``PeftModel.save_pretrained``, whose keys carry PEFT's ``base_model.model.``
 prefix). `load_adapter` loads any of them: it reads ``adapter_config.json`` and ``adapter_model.safetensors`` (never
-a pickle), injects the adapter with diffusers' ``add_adapter`` and loads the weights, refusing an adapter made for
-another architecture with an error that names the layer and both shapes.
+a pickle), injects the adapter with diffusers' ``add_adapter`` and loads the weights. Loading refuses an adapter
+made for another architecture with an error that names the layer and both shapes (the tuners'
+`check_adapter_state_dict`).
 """
 
 from __future__ import annotations
@@ -16,69 +17,17 @@ from typing import Any
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
-from peft import PeftConfig
-from peft.tuners.tuners_utils import (
-    BaseTunerLayer,
-    _filter_state_dict_by_key_prefixes,
-    _get_tuner_state_dict_key_prefixes,
-)
-from peft.utils import set_peft_model_state_dict
+from peft import PeftConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
-
-
-def _readable(key: str, adapter_name: str) -> str:
-    key = key.removeprefix("base_model.model.")
-    return key.replace(f".{adapter_name}", "") if key.endswith(f".{adapter_name}") else key
-
-
-def check_adapter_state_dict(model: nn.Module, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
-    """Refuse a checkpoint that does not fit the adapter injected in ``model``.
-
-    Raises:
-        ValueError: naming the layers that are missing on either side, the layers whose shapes differ (with both
-            shapes), or the tensors that hold NaN or inf.
-    """
-    model_state = model.state_dict()
-    expected = _filter_state_dict_by_key_prefixes(
-        model_state, _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
-    )
-    problems = []
-    unexpected = [key for key in state_dict if key not in model_state]
-    if unexpected:
-        problems.append(
-            "the adapter has weights for layers this model does not have: "
-            + ", ".join(_readable(key, adapter_name) for key in unexpected[:8])
-            + (f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else "")
-        )
-    missing = [key for key in expected if key not in state_dict]
-    if missing:
-        problems.append(
-            "the adapter lacks weights this model's adapter needs: "
-            + ", ".join(_readable(key, adapter_name) for key in missing[:8])
-            + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
-        )
-    for key, value in state_dict.items():
-        if key in model_state and tuple(value.shape) != tuple(model_state[key].shape):
-            problems.append(
-                f"{_readable(key, adapter_name)} has shape {tuple(value.shape)} in the adapter but "
-                f"{tuple(model_state[key].shape)} in this model"
-            )
-        elif value.is_floating_point() and not torch.isfinite(value).all():
-            problems.append(f"{_readable(key, adapter_name)} holds NaN or inf values")
-    if problems:
-        raise ValueError(
-            f"Cannot load adapter {adapter_name!r} into {type(model).__name__}: "
-            + "; ".join(problems[:10])
-            + ". Was it saved for another architecture or another mask? Load it onto the base model it was "
-            "trained on (see base_model_name_or_path in its adapter_config.json)."
-        )
 
 
 def resolve_adapter_folder(
@@ -153,9 +102,6 @@ def push_adapter_to_hub(
 
 def _save_diffusers_adapter(model: nn.Module, folder: str, adapter_name: str) -> None:
     """Write a diffusers model's adapter in PEFT's folder format (config, safetensors weights, model card)."""
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
     config = model.peft_config[adapter_name]
     weights = get_peft_model_state_dict(model, adapter_name=adapter_name)
     save_file({key: value.contiguous() for key, value in weights.items()}, os.path.join(folder, WEIGHTS_NAME))
@@ -205,8 +151,6 @@ def load_adapter(
     if hasattr(model, "add_adapter"):
         model.add_adapter(config, adapter_name=adapter_name)
     else:
-        from peft import inject_adapter_in_model
-
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
     try:
         set_peft_model_state_dict(model, weights, adapter_name=adapter_name)

@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 
@@ -85,8 +86,6 @@ def find_slot_containers(model: nn.Module) -> list[SlotContainer]:
             containers.append(SlotContainer(name, f"{name}.transformer_blocks."))
     if not containers:
         # Attention modules without a transformer wrapper (e.g. UNet2DModel's AttnDownBlock2D).
-        from diffusers.models.attention_processor import Attention
-
         for name, module in model.named_modules():
             if isinstance(module, Attention) and not any(container.contains(name) for container in containers):
                 containers.append(SlotContainer(name, f"{name}."))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the tiny Stable-Diffusion-shaped pipeline shipped in ``peft_memcontrol/pipelines/assets/tiny-sd``.
+"""Rebuild the tiny Stable-Diffusion-shaped pipeline shipped in ``peft_memcontrol/tiny_sd/assets/tiny-sd``.
 
 Deterministic and offline (apart from fetching the open-clip-torch wheel from PyPI for the tokenizer's data file,
 which ``--bpe_file`` avoids). Stages:
@@ -7,7 +7,7 @@ which ``--bpe_file`` avoids). Stages:
 1. tokenizer: CLIP's exact 49,408-entry vocabulary and merges, rebuilt from ``bpe_simple_vocab_16e6.txt.gz`` (inside
    the open-clip-torch wheel): the 256 byte symbols, the same with ``</w>``, the merged pairs of the first 48,894
    merge lines, then ``<|startoftext|>`` and ``<|endoftext|>``. Written as ``vocab.json`` + ``merges.txt``.
-2. seeded random weights for the UNet, VAE and text encoder (configs in ``peft_memcontrol.pipelines.tiny``).
+2. seeded random weights for the UNet, VAE and text encoder (configs in ``peft_memcontrol.tiny_sd.pipeline``).
 3. VAE pretraining (reconstruction + a small KL term) on scikit-learn digits and scikit-image photo crops; the
    latent scaling factor is then set to 1 / std of the latents, as SD's is.
 4. UNet pretraining with the project's own trainer (``MemControlTrainer``, ``method="full"``) on the same images with
@@ -87,7 +87,7 @@ def build_vocab_and_merges(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
 
 def write_tokenizer(folder: str, bpe_file: str | None) -> None:
     """Stage 1: write vocab.json + merges.txt and check CLIP's ids for a known prompt."""
-    from peft_memcontrol.pipelines.tiny import build_tiny_tokenizer
+    from peft_memcontrol.tiny_sd import build_tiny_tokenizer
 
     os.makedirs(folder, exist_ok=True)
     vocab, merges = build_vocab_and_merges(find_bpe_file(bpe_file))
@@ -105,7 +105,7 @@ def write_tokenizer(folder: str, bpe_file: str | None) -> None:
 
 def pretraining_samples(seed: int):
     """Captioned 32 x 32 pretraining images: all scikit-learn digits and scikit-image/-learn photo crops."""
-    from peft_memcontrol.pipelines.images import digit_samples, photo_samples
+    from peft_memcontrol.sample_data import digit_samples, photo_samples
 
     return digit_samples() + photo_samples(crops_per_photo=48, seed=seed)
 
@@ -141,7 +141,7 @@ def pretrain_vae(vae: torch.nn.Module, images: torch.Tensor, steps: int, batch_s
 
 
 def main(argv: list[str] | None = None) -> None:
-    from peft_memcontrol.pipelines.tiny import tiny_pipeline_path
+    from peft_memcontrol.tiny_sd import tiny_pipeline_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=tiny_pipeline_path())
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "tokenizer":
         return
 
-    from peft_memcontrol.pipelines.tiny import build_random_tiny_pipeline, build_tiny_tokenizer
+    from peft_memcontrol.tiny_sd import build_random_tiny_pipeline, build_tiny_tokenizer
     from peft_memcontrol.training import ImageCaptionDataset, MemControlTrainer, TrainingConfig, image_to_tensor
 
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 # imported after HF_HUB_OFFLINE is set: huggingface_hub reads it once, at import
-from peft_memcontrol.pipelines.tiny import TINY_UNET_CONFIG  # noqa: E402
+from peft_memcontrol.tiny_sd import TINY_UNET_CONFIG  # noqa: E402
 
 
 TINY_SD15_UNET = TINY_UNET_CONFIG  # the embedded tiny pipeline's UNet: SD-1.5's 16-slot layout, 2.45 M parameters

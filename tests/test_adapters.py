@@ -8,11 +8,12 @@ import pytest
 import torch
 from conftest import MODELS, build_sd15_unet, run, sd15_inputs
 from peft import get_peft_model
+from safetensors.torch import load_file
 from torch import nn
 
 import peft_memcontrol as pm
 from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
-from peft_memcontrol.svd import weight_matrix
+from peft_memcontrol.svd import SMALL_MATRIX, spectral_factors, weight_matrix
 
 
 CONFIGS = {
@@ -129,8 +130,6 @@ def test_difffit_merge_matches_the_gamma_formula():
 def test_svd_factors_are_never_saved(tmp_path):
     model = get_peft_model(build_sd15_unet(), SVDiffConfig())
     model.save_pretrained(tmp_path)
-    from safetensors.torch import load_file
-
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
     assert keys and all(re.search(r"\.mc_svdiff_(spectral|norm)_shift$", key) for key in keys)
     assert not any(k for k in model.state_dict() if "base_layer" not in k and "mc_svdiff" not in k and "mc_" in k)
@@ -244,8 +243,6 @@ def test_bad_config_values():
 
 @pytest.mark.parametrize("shape", [(64, 20000), (20000, 64)])
 def test_large_matrices_take_the_gram_path_and_match_lapack(shape):
-    from peft_memcontrol.svd import SMALL_MATRIX, spectral_factors
-
     torch.manual_seed(0)
     weight = torch.randn(*shape) / 100
     assert weight.numel() >= SMALL_MATRIX
@@ -258,8 +255,6 @@ def test_large_matrices_take_the_gram_path_and_match_lapack(shape):
 
 
 def test_rank_deficient_large_matrix_falls_back_to_lapack():
-    from peft_memcontrol.svd import spectral_factors
-
     torch.manual_seed(0)
     weight = torch.randn(64, 4) @ torch.randn(4, 20000)  # rank 4
     u, s, vh = spectral_factors(weight)

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("search",),
     ("evaluation",),
     ("training",),
-    ("metrics", "pipelines"),
+    ("metrics", "tiny_sd", "sample_data"),
     ("hub", "model_card"),
     ("counting", "optim"),
     ("tuners",),

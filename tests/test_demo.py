@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from peft_memcontrol.cli import build_parser, main
+from peft_memcontrol.demo import DemoConfig
+from peft_memcontrol.sample_data import build_digits_dataset
+
 
 METHODS = [
     "full fine-tuning",
@@ -24,9 +28,6 @@ NUMERIC = ["trainable_share", "fid", "amd", "mifid", "extracted", "flagged", "re
 
 
 def test_presets_and_flags():
-    from peft_memcontrol.cli import build_parser
-    from peft_memcontrol.demo import DemoConfig
-
     quick = DemoConfig.preset_config("quick", max_train_steps=7, seed=None)
     assert quick.preset == "quick" and quick.max_train_steps == 7 and quick.seed == 0
     assert DemoConfig.preset_config("default").max_train_steps > quick.max_train_steps
@@ -40,8 +41,6 @@ def test_presets_and_flags():
 
 
 def test_digits_transfer_set_is_deterministic_and_captions_are_unique(tmp_path):
-    from peft_memcontrol.demo import build_digits_dataset
-
     first = build_digits_dataset(
         str(tmp_path / "a"), num_train=10, num_test=4, num_memorization=2, memorization_repeats=3
     )
@@ -59,8 +58,6 @@ def test_digits_transfer_set_is_deterministic_and_captions_are_unique(tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo_writes_a_parsable_report(tmp_path, capsys):
-    from peft_memcontrol.cli import main
-
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--device", "cpu", "--no_progress", "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -15,6 +15,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
+from training_helpers import synthetic_images
+
+import peft_memcontrol as pm
+from peft_memcontrol.evaluation import load_split
+from peft_memcontrol.metrics import get_feature_extractor
+from peft_memcontrol.sample_data import build_digits_dataset
+from peft_memcontrol.tiny_sd import load_tiny_pipeline, tiny_pipeline_path
+from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +37,6 @@ FAST = ["--device", "cpu", "--num_inference_steps", "3", "--num_generations", "3
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from peft_memcontrol.demo.data import build_digits_dataset
-
     root = tmp_path_factory.mktemp("digits")
     return build_digits_dataset(str(root), num_train=8, num_test=5, num_memorization=2, memorization_repeats=3)
 
@@ -49,10 +56,6 @@ def unique_training_images(folder: str) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_scores_match_an_independent_amd(digits, tmp_path):
-    from safetensors.torch import load_file
-
-    from peft_memcontrol.metrics import get_feature_extractor
-
     out = tmp_path / "eval"
     args = ["--train_data_dir", digits.train_dir, "--test_data_dir", digits.test_dir]
     args += ["--memorization_data_dir", digits.memorization_dir, "--output_dir", str(out), "--save_generations"]
@@ -88,10 +91,6 @@ def test_scores_match_an_independent_amd(digits, tmp_path):
 
 @pytest.mark.slow
 def test_adapter_and_attack_prompts_from_training(digits, tmp_path):
-    import peft_memcontrol as pm
-    from peft_memcontrol.pipelines import tiny_pipeline_path
-    from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
-
     data = load_training_dataset(train_data_dir=digits.train_dir, resolution=32)
     adapter = tmp_path / "adapter"
     trainer = MemControlTrainer.from_pretrained(
@@ -117,9 +116,6 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path):
 
 
 def test_full_fine_tuning_output_replaces_the_unet(digits, tmp_path):
-    from peft_memcontrol.pipelines import load_tiny_pipeline, tiny_pipeline_path
-    from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
-
     data = load_training_dataset(train_data_dir=digits.train_dir, resolution=32)
     config = TrainingConfig(
         output_dir=str(tmp_path / "full"), max_train_steps=1, train_batch_size=2, learning_rate=1e-2
@@ -138,10 +134,6 @@ def test_full_fine_tuning_output_replaces_the_unet(digits, tmp_path):
 
 def test_rows_share_a_source_only_through_source_id(tmp_path):
     """Duplicates with one `source_id` count once; rows without one are distinct images even with one caption."""
-    from training_helpers import synthetic_images
-
-    from peft_memcontrol.demo.evaluate import load_split
-
     rows = [("a.png", "no acute process", 7), ("b.png", "no acute process", 7), ("c.png", "no acute process", None)]
     rows.append(("d.png", "no acute process", None))
     with open(tmp_path / "metadata.jsonl", "w") as handle:

@@ -11,9 +11,10 @@ import textwrap
 
 import pytest
 import torch
-from conftest import build_sd15_unet, build_sdxl_unet, run, sd15_inputs
-from huggingface_hub import HfApi
+from conftest import build_sd15_unet, build_sdxl_unet, run, sd15_inputs, sdxl_inputs
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 
 import peft_memcontrol as pm
 from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
@@ -180,8 +181,6 @@ def test_peft_push_to_hub_uploads_weights_and_config(tmp_path, monkeypatch):
         )
         shutil.copytree(working_dir, tmp_path / "pushed")
 
-    from huggingface_hub import ModelCard, ModelCardData
-
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": repo_id})())
     monkeypatch.setattr(
         "transformers.utils.hub.create_and_tag_model_card", lambda *a, **k: ModelCard.from_template(ModelCardData())
@@ -208,8 +207,6 @@ def test_adapter_for_another_architecture_names_layer_and_shapes(tmp_path):
 
 
 def _sdxl_extra():
-    from conftest import sdxl_inputs
-
     return {"added_cond_kwargs": sdxl_inputs()["added_cond_kwargs"]}
 
 
@@ -230,8 +227,6 @@ def test_corrupt_truncated_and_pickled_files(tmp_path):
 
 
 def test_nan_weights_are_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
-
     _, folder = saved_adapter(tmp_path, "difffit")
     weights = load_file(folder / "adapter_model.safetensors")
     key = next(iter(weights))

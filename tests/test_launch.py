@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,12 +12,21 @@ import sys
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
+from peft import PeftConfig, PeftModel
 from training_helpers import TINY_SLOTS as SLOTS
 from training_helpers import write_image_folder
+
+from peft_memcontrol.tiny_sd import load_tiny_pipeline
+from peft_memcontrol.training import TrainingConfig, config_from_args
+from peft_memcontrol.tuners import DiffFitConfig, MemControlConfig, SVDiffConfig
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_text_to_image_memcontrol.py")
+_spec = importlib.util.spec_from_file_location("train_text_to_image_memcontrol", SCRIPT)
+launch_script = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(launch_script)
 
 
 def _launch(args: list[str], num_processes: int = 2, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -47,11 +59,6 @@ def _assert_tensorboard_logged(output_dir: str, num_steps: int, num_images: int)
 
 @pytest.mark.slow
 def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
-    from peft import PeftConfig, PeftModel
-
-    from peft_memcontrol import SVDiffConfig
-    from peft_memcontrol.pipelines import load_tiny_pipeline
-
     data = write_image_folder(str(tmp_path / "data"), n=8)
     out = str(tmp_path / "out")
     # Every other slot masked out: under DDP, frozen masked parts must not stall the gradient all-reduce.
@@ -72,8 +79,6 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
     assert os.path.isfile(os.path.join(out, "validation", "image_0.png"))
     _assert_tensorboard_logged(out, num_steps=2, num_images=1)
 
-    import peft_memcontrol  # noqa: F401  (registers the methods with PEFT)
-
     saved = PeftConfig.from_pretrained(out)
     assert isinstance(saved, SVDiffConfig) and saved.mask == mask
     pipe = load_tiny_pipeline()
@@ -85,8 +90,6 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
     assert images.shape == (1, 32, 32, 3)
     assert abs(images - base).max() > 1e-4  # the trained adapter changes the output
 
-    from diffusers import StableDiffusionPipeline
-
     merged = StableDiffusionPipeline.from_pretrained(os.path.join(out, "merged_pipeline"))
     merged.set_progress_bar_config(disable=True)
     merged_images = merged("a photo of thing 1", generator=torch.Generator().manual_seed(0), **kwargs).images
@@ -94,33 +97,76 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
 
 
 def test_bad_mask_file_is_a_clear_error(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    try:
-        from train_text_to_image_memcontrol import parse_args, read_mask
-    finally:
-        sys.path.pop(0)
     with pytest.raises(FileNotFoundError, match="--mask"):
-        read_mask(str(tmp_path / "missing.json"))
+        launch_script.read_mask_file(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([1, 0, 1]))
-    with pytest.raises(ValueError, match="slot name -> true/false"):
-        read_mask(str(bad))
+    with pytest.raises(ValueError, match=r"--mask .*bad\.json: .*unit names to true/false"):
+        launch_script.read_mask_file(str(bad))
     good = tmp_path / "result.json"
     good.write_text(json.dumps({"mask": {"down_blocks.0.attentions.0": True}, "learning_rate": 3e-4}))
-    assert read_mask(str(good)) == ({"down_blocks.0.attentions.0": True}, {"learning_rate": 3e-4})
+    read = launch_script.read_mask_file(str(good))
+    assert (read.mask, read.learning_rate, read.method) == ({"down_blocks.0.attentions.0": True}, 3e-4, None)
     with pytest.raises(ValueError, match="takes no mask"):
-        parse_args(["--method", "full", "--mask", str(good)])
+        launch_script.parse_args(["--method", "full", "--mask", str(good)])
+
+
+def test_method_that_disagrees_with_the_mask_file_is_refused(tmp_path):
+    """A DiffFit search result cannot silently train SVDiff; --method memcontrol trains the method it records."""
+    mask = {slot: i % 2 == 0 for i, slot in enumerate(SLOTS)}
+    searched = tmp_path / "chosen"
+    MemControlConfig(mask=mask, method="difffit", learning_rate=2e-4).save_pretrained(str(searched))
+    adapter = tmp_path / "adapter"
+    DiffFitConfig(mask=mask).save_pretrained(str(adapter))
+    for folder in (searched, adapter):
+        path = str(folder / "adapter_config.json")
+        with pytest.raises(ValueError, match=r"--method svdiff disagrees with --mask .*'difffit'.*--method difffit"):
+            launch_script.parse_args(["--method", "svdiff", "--mask", path])
+        trained = launch_script.build_method(launch_script.parse_args(["--method", "difffit", "--mask", path]))
+        assert isinstance(trained, DiffFitConfig) and trained.mask == mask
+        recorded = launch_script.build_method(launch_script.parse_args(["--method", "memcontrol", "--mask", path]))
+        assert isinstance(recorded, MemControlConfig) and recorded.method == "difffit" and recorded.mask == mask
+    plain = tmp_path / "mask.json"
+    plain.write_text(json.dumps(mask))  # a bare mask records no method: any masked method takes it
+    assert isinstance(launch_script.build_method(launch_script.parse_args(["--mask", str(plain)])), SVDiffConfig)
+
+
+def test_every_flag_has_help_and_training_flags_build_the_config():
+    parser = launch_script.build_parser()
+    flags = [action for action in parser._actions if not isinstance(action, argparse._HelpAction)]
+    assert [action.dest for action in flags if not action.help] == []
+    fields = {field.name for field in dataclasses.fields(TrainingConfig)}
+    assert fields - {action.dest for action in flags} == {"caption_transforms", "show_progress"}
+    args = launch_script.parse_args(
+        ["--noise_norm_threshold", "AUTO", "--mixed_precision", "bf16", "--ddp_find_unused_parameters"]
+        + ["--snr_gamma", "5", "--checkpoints_total_limit", "3", "--max_train_steps", "7"]
+    )
+    config = config_from_args(TrainingConfig, args)
+    expected = TrainingConfig(
+        output_dir="sd-model-memcontrol",
+        checkpointing_steps=500,
+        noise_norm_threshold="auto",
+        mixed_precision="bf16",
+        ddp_find_unused_parameters=True,
+        snr_gamma=5.0,
+        checkpoints_total_limit=3,
+        max_train_steps=7,
+    )
+    assert config == expected
+    with pytest.raises(SystemExit):
+        launch_script.parse_args(["--noise_norm_threshold", "top"])
+
+
+def test_push_to_hub_needs_an_adapter():
+    with pytest.raises(ValueError, match="--push_to_hub uploads an adapter"):
+        launch_script.parse_args(["--method", "full", "--push_to_hub"])
 
 
 def test_searched_learning_rate_is_the_default(tmp_path):
     """A search's chosen config carries its learning rate; the script trains with it unless told otherwise."""
-    sys.path.insert(0, os.path.join(REPO, "examples"))
-    try:
-        from train_text_to_image_memcontrol import parse_args
-    finally:
-        sys.path.pop(0)
     chosen = tmp_path / "adapter_config.json"
     chosen.write_text(json.dumps({"mask": {"down_blocks.0.attentions.0": True}, "learning_rate": 3.2e-4}))
+    parse_args = launch_script.parse_args
     assert parse_args(["--method", "memcontrol", "--mask", str(chosen)]).learning_rate == 3.2e-4
     assert (
         parse_args(["--method", "memcontrol", "--mask", str(chosen), "--learning_rate", "1e-5"]).learning_rate == 1e-5

@@ -125,3 +125,23 @@ def test_noise_norm_score_starts_from_latents_of_the_requested_image_size():
     assert len(pipeline.scheduler.timesteps) == 7  # the pipeline's scheduler is left as it was
     with pytest.raises(ValueError, match="multiples of the VAE's factor"):
         noise_norm_score(pipeline, ["a cat"], height=height + 1)
+
+
+def test_pipeline_reward_scores_the_posterior_mean_shifted_and_scaled():
+    """The reward encodes images one way with the trainer (`encode_latents`), taking the mode: no random draw."""
+    pipeline = tiny_pipeline()
+    pipeline.vae.register_to_config(shift_factor=0.5)
+    prompts, images = ["a cat", "a dog"], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reward = pipeline_memorization_reward(pipeline, prompts, images, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mean = pipeline.vae.encode(images * 2.0 - 1.0).latent_dist.mean
+        text, uncond = pipeline.encode_prompt(prompts, "cpu", 1, do_classifier_free_guidance=True)
+        expected = memorization_reward(
+            pipeline.unet,
+            pipeline.scheduler,
+            (mean - 0.5) * pipeline.vae.config.scaling_factor,
+            text,
+            uncond,
+            generator=torch.Generator().manual_seed(1),
+        )
+    torch.testing.assert_close(reward, expected)

@@ -181,7 +181,7 @@ def read_rows(folder: Path) -> list[dict]:
 def test_patient_split_frontal_prompts_and_images(mimic_tree, tmp_path):
     from transformers import AutoTokenizer
 
-    from peft_memcontrol.pipelines import tiny_pipeline_path
+    from peft_memcontrol.tiny_sd import tiny_pipeline_path
     from peft_memcontrol.training import load_training_dataset
 
     out = tmp_path / "prepared"

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deap import tools
+from peft import PeftConfig
 
+from peft_memcontrol.cli import main
 from peft_memcontrol.search import (
     WORST_VALUE,
     GenomeSpace,
@@ -25,6 +28,7 @@ from peft_memcontrol.search import (
     knee_point,
 )
 from peft_memcontrol.search.baselines import random_search
+from peft_memcontrol.search.report import write_mask_card
 
 
 UNITS = tuple(f"unit.{i}" for i in range(10))
@@ -253,6 +257,33 @@ def test_multi_fidelity_promotes_only_the_best_share():
         assert list(point.scores.values()) == pytest.approx(list(evaluator.values(point.candidate.bits)))
 
 
+def test_operators_are_swapped_on_the_searchers_toolbox(problem):
+    """As in DEAP's NSGA-II example, a variation operator is whatever the toolbox has registered under its name."""
+    evaluator = problem[0]
+    config = SearchConfig(population_size=8, generations=3, seed=0, crossover_probability=0.0)
+    searcher = MaskSearcher(bit_space(), evaluator, config=config, progress=False)
+    mutated = []
+
+    def keep(individual):
+        mutated.append(list(individual))
+        return (individual,)
+
+    searcher.toolbox.register("mutate", keep)
+    result = searcher.run()
+    assert len(mutated) == 3 * 8  # every offspring went through the registered mutation
+    assert {r["generation"] for r in result.records} == {0}  # copies of parents only: nothing new to evaluate
+
+    def keys_with(mutate=None):
+        searcher = MaskSearcher(bit_space(), evaluator, config=config, progress=False)
+        if mutate is not None:
+            searcher.toolbox.register("mutate", mutate, indpb=0.5)
+        return [r["key"] for r in searcher.run().records]
+
+    swapped = keys_with(tools.mutFlipBit)
+    assert swapped == keys_with(tools.mutFlipBit)  # a swapped DEAP operator still draws from the seeded generator
+    assert swapped != keys_with()
+
+
 def test_learning_rate_gene_stays_in_bounds_and_on_grid():
     space = GenomeSpace(units=UNITS, learning_rate_bounds=(1e-5, 1e-3))
     evaluator = SyntheticMaskProblem(10, seed=0)
@@ -301,11 +332,6 @@ def test_knee_and_bounded_choices():
 
 
 def test_cli_writes_front_plots_and_loadable_configs(tmp_path):
-    from peft import PeftConfig
-
-    from peft_memcontrol.cli import main
-    from peft_memcontrol.search.report import write_mask_card
-
     assert (
         main(
             [
@@ -342,9 +368,7 @@ def test_cli_writes_front_plots_and_loadable_configs(tmp_path):
     hv_rows = (tmp_path / "hypervolume.csv").read_text().strip().splitlines()
     assert len(hv_rows) == 1 + 3
 
-    from peft_memcontrol.search import MaskSearcher as Searcher
-
-    searcher = Searcher(
+    searcher = MaskSearcher(
         GenomeSpace(units=UNITS, learning_rate_bounds=(1e-5, 1e-3), name="synthetic"),
         SyntheticMaskProblem(10),
         config=SearchConfig(population_size=6, generations=2),

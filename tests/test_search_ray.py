@@ -14,7 +14,7 @@ import pytest
 from peft_memcontrol.search import (
     GenomeSpace,
     MaskSearcher,
-    ProcessPoolExecutor,
+    ProcessExecutor,
     RayExecutor,
     SearchConfig,
     SyntheticMaskProblem,
@@ -49,7 +49,7 @@ def test_ray_gives_the_same_front_as_serial(serial_front):
 
 @pytest.mark.slow
 def test_process_pool_gives_the_same_front_as_serial(serial_front):
-    assert front(ProcessPoolExecutor(num_workers=2)) == serial_front
+    assert front(ProcessExecutor(num_workers=2)) == serial_front
 
 
 def memcontrol_search(output_dir, *flags: str, env: dict | None = None) -> dict:

@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import PeftConfig, get_peft_model
+
+from peft_memcontrol.sample_data import build_faces_dataset
+from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig
+from peft_memcontrol.search.inner_loop import InnerLoop, ProxyDataSpec
+from peft_memcontrol.search.report import write_search_outputs
+from peft_memcontrol.tiny_sd import load_tiny_pipeline
+from peft_memcontrol.training import TrainingConfig
 
 
 @pytest.mark.slow
 def test_real_search_on_tiny_pipeline_gives_loadable_masks(tmp_path):
-    from peft import PeftConfig, get_peft_model
-
-    from peft_memcontrol.pipelines import build_demo_dataset, load_tiny_pipeline
-    from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig
-    from peft_memcontrol.search.inner_loop import InnerLoop
-    from peft_memcontrol.search.report import write_search_outputs
-
-    data = build_demo_dataset(str(tmp_path / "data"), num_test=4, num_memorization=2, memorization_repeats=2)
+    data = build_faces_dataset(str(tmp_path / "data"), num_test=4, num_memorization=2, memorization_repeats=2)
     loop = InnerLoop(
-        data.train_dir,
+        ProxyDataSpec(data.train_dir, test_data_dir=data.test_dir, fraction=0.05, num_memorization=2, repeats=2),
         objectives=["noise_norm", "val_loss"],
-        test_data_dir=data.test_dir,
-        max_train_steps=2,
-        train_batch_size=2,
-        proxy_fraction=0.05,
-        proxy_num_memorization=2,
-        proxy_repeats=2,
+        training=TrainingConfig(max_train_steps=2, train_batch_size=2),
     )
     space = GenomeSpace.from_layout("sd15-reference-13")
     config = SearchConfig(population_size=4, generations=1, num_offspring=2, seed=0)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from peft_memcontrol.pipelines import load_tiny_pipeline, tiny_pipeline_path
+from peft_memcontrol.tiny_sd import load_tiny_pipeline, tiny_pipeline_path
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_pretrained_unet_beats_random_init(pipe):
     """The shipped UNet denoises its pretraining domain far better than the same net with seeded random weights."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from peft_memcontrol.pipelines.images import digit_samples
-    from peft_memcontrol.pipelines.tiny import TINY_UNET_CONFIG
+    from peft_memcontrol.sample_data import digit_samples
+    from peft_memcontrol.tiny_sd import TINY_UNET_CONFIG
     from peft_memcontrol.training import image_to_tensor
 
     samples = digit_samples()[:32]
@@ -107,11 +107,11 @@ def _read_jsonl(folder: str) -> list[dict]:
 
 
 def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
-    from peft_memcontrol.pipelines import build_demo_dataset
+    from peft_memcontrol.sample_data import build_faces_dataset
     from peft_memcontrol.training import load_training_dataset
 
-    demo = build_demo_dataset(str(tmp_path / "a"), num_test=20, num_memorization=10, memorization_repeats=10)
-    again = build_demo_dataset(str(tmp_path / "b"), num_test=20, num_memorization=10, memorization_repeats=10)
+    demo = build_faces_dataset(str(tmp_path / "a"), num_test=20, num_memorization=10, memorization_repeats=10)
+    again = build_faces_dataset(str(tmp_path / "b"), num_test=20, num_memorization=10, memorization_repeats=10)
     for split in ("train", "test", "memorization"):
         with (
             open(os.path.join(demo.root, split, "metadata.jsonl")) as f,

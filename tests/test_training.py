@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -15,18 +16,23 @@ from training_helpers import (
     write_image_folder,
 )
 
+from peft_memcontrol.latents import encode_latents
+from peft_memcontrol.tiny_sd import load_tiny_pipeline
 from peft_memcontrol.training import (
     CaptionWordRepetition,
     ImageCaptionDataset,
     RandomWordAddition,
     RandomWordReplacement,
     StepBatchSampler,
+    TrainingConfig,
     build_proxy_set,
+    collate_image_captions,
     drop_captions,
     load_training_dataset,
     threshold_keep_mask,
 )
 from peft_memcontrol.training.data import mix_seed
+from peft_memcontrol.tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 
 
 # ---------------------------------------------------------------- data
@@ -226,14 +232,10 @@ def test_resume_continues_with_identical_state(folder_dataset, tmp_path):
 
 
 def test_resume_with_an_adapter_continues_with_identical_state(folder_dataset, tmp_path):
-    from peft_memcontrol import DiffFitConfig
-
     _run_resume(folder_dataset, DiffFitConfig, tmp_path, train_batch_size=2)
 
 
 def test_svdiff_norm_shifts_get_their_own_learning_rate(folder_dataset, tmp_path):
-    from peft_memcontrol import SVDiffConfig
-
     trainer = make_trainer(folder_dataset, SVDiffConfig(), str(tmp_path), learning_rate=3e-4)
     rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
     assert rates == [1e-6, 3e-4]
@@ -267,19 +269,43 @@ def test_threshold_filtering_drops_exact_counts(folder_dataset, tmp_path):
     assert strict.train().losses == []  # already at max_train_steps: nothing more to do
 
 
+def _record_prompts(trainer) -> list[str]:
+    """Make the trainer's prompt encoder record the captions it encodes; returns the record."""
+    seen: list[str] = []
+    original = trainer.family.encode_prompts
+    trainer.family.encode_prompts = lambda captions: (seen.extend(captions), original(captions))[1]
+    return seen
+
+
 def test_trainer_applies_caption_transforms_and_dropout(folder_dataset, tmp_path):
     transform = RandomWordAddition(num_words=2, static=True, seed=1)
     trainer = make_trainer(
         folder_dataset, "full", str(tmp_path), caption_transforms=[transform], caption_dropout_probability=0.0
     )
-    seen: list[str] = []
-    original = trainer.encode_prompts
-    trainer.encode_prompts = lambda captions: (seen.extend(captions), original(captions))[1]
+    seen = _record_prompts(trainer)
     trainer.train()
-    assert transform.vocabulary is not None and "photo" in transform.vocabulary  # the tokenizer's words
+    # The trainer filled the tokenizer's words into a copy of its own; the caller's transform is untouched.
+    assert transform.vocabulary is None
+    own = trainer.caption_transforms[0]
+    assert own is not transform and own.vocabulary is not None and "photo" in own.vocabulary
+    assert trainer.config.caption_transforms[0] is transform
     sampler = StepBatchSampler(12, 4, 2, seed=0)
     indices = [i for step in range(2) for i, _ in sampler.batch_for_step(step)]
-    assert seen == [transform(f"a photo of thing {i}", i, torch.Generator()) for i in indices]
+    assert seen == [own(f"a photo of thing {i}", i, torch.Generator()) for i in indices]
+
+
+def test_compute_loss_overrides_caption_dropout_without_touching_the_config(folder_dataset, tmp_path):
+    trainer = make_trainer(folder_dataset, "full", str(tmp_path), caption_dropout_probability=1.0)
+    plain = make_trainer(folder_dataset, "full", str(tmp_path / "plain"), caption_dropout_probability=0.0)
+    batch = collate_image_captions([folder_dataset[i] for i in range(4)])
+    seen = _record_prompts(trainer)
+    trainer.compute_loss(batch, micro_step=0)
+    assert seen == [""] * 4  # the config's dropout drops every caption
+    seen.clear()
+    loss = trainer.compute_loss(batch, micro_step=0, caption_dropout_probability=0.0)[0]
+    assert seen == [f"a photo of thing {i}" for i in range(4)]
+    assert trainer.config.caption_dropout_probability == 1.0
+    assert torch.equal(loss, plain.compute_loss(batch, micro_step=0)[0])
 
 
 def test_full_fine_tuning_trains_every_unet_parameter(folder_dataset, tmp_path):
@@ -289,13 +315,11 @@ def test_full_fine_tuning_trains_every_unet_parameter(folder_dataset, tmp_path):
     assert len(trainer.trainable_parameters()) == len(before)
     changed = sum(not torch.equal(before[n], p) for n, p in trainer.base_unet.named_parameters())
     assert changed > 0.9 * len(before)
-    assert all(not p.requires_grad for p in trainer.vae.parameters())
-    assert all(not p.requires_grad for p in trainer.text_encoder.parameters())
+    assert all(not p.requires_grad for p in trainer.family.vae.parameters())
+    assert all(not p.requires_grad for p in trainer.family.text_encoder.parameters())
 
 
 def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_path):
-    from peft_memcontrol import DiffFitConfig
-
     trainer = make_trainer(
         folder_dataset,
         DiffFitConfig(),
@@ -313,15 +337,19 @@ def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_pa
     assert result.seen_samples == 2 * 2 * 2  # steps x accumulation x batch
     assert all(math.isfinite(x) for x in result.losses)
     assert trainer.base_unet.is_gradient_checkpointing
+    # As diffusers' cast_training_params leaves a LoRA UNet: frozen parts in bf16, trained parameters in float32.
+    trainable = trainer.trainable_parameters()
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    frozen = [p for n, p in trainer.unwrapped_model.named_parameters() if n not in trainable]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert trainer.family.vae.dtype == trainer.family.text_encoder.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("method", ["attention", "memcontrol"])
 def test_adapter_trains_and_only_its_parameters_change(folder_dataset, tmp_path, method):
     """One step with masked attention (its backward once crashed on channels-last latents) and a MemControl mask."""
-    import peft_memcontrol as pm
-
     mask = {slot: i % 2 == 0 for i, slot in enumerate(TINY_SLOTS)}
-    config = pm.MaskedAttentionConfig() if method == "attention" else pm.MemControlConfig(mask=mask, method="svdiff")
+    config = MaskedAttentionConfig() if method == "attention" else MemControlConfig(mask=mask, method="svdiff")
     trainer = make_trainer(folder_dataset, config, str(tmp_path), max_train_steps=1)
     model = trainer.unwrapped_model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -332,8 +360,6 @@ def test_adapter_trains_and_only_its_parameters_change(folder_dataset, tmp_path,
 
 def test_tensorboard_logs_the_losses_the_trainer_returns(folder_dataset, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
-
-    from peft_memcontrol import SVDiffConfig
 
     trainer = make_trainer(folder_dataset, SVDiffConfig(), str(tmp_path), max_train_steps=3, report_to="tensorboard")
     assert [tracker.name for tracker in trainer.accelerator.trackers] == [] and trainer.accelerator.log_with
@@ -348,3 +374,23 @@ def test_tensorboard_logs_the_losses_the_trainer_returns(folder_dataset, tmp_pat
     assert [event.step for event in logged] == [1, 2, 3]
     assert [event.value for event in logged] == pytest.approx(result.losses, rel=1e-6)
     assert [event.value for event in events.Scalars("lr")] == pytest.approx([1e-3] * 3)
+
+
+# ---------------------------------------------------------------- configuration and latents
+def test_every_training_config_field_is_documented():
+    for field in dataclasses.fields(TrainingConfig):
+        assert field.metadata.get("help"), field.name
+
+
+def test_encode_latents_samples_or_takes_the_mode_then_shifts_and_scales():
+    vae = load_tiny_pipeline().vae
+    vae.register_to_config(shift_factor=0.25)
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(pixels).latent_dist
+        mode = encode_latents(vae, pixels)
+        sample = encode_latents(vae, pixels, sample_posterior=True, generator=torch.Generator().manual_seed(3))
+    scale = vae.config.scaling_factor
+    assert torch.allclose(mode, (posterior.mean - 0.25) * scale)
+    eps = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(sample, (posterior.mean + posterior.std * eps - 0.25) * scale)

@@ -40,7 +40,7 @@ def tiny_components():
     """Fresh copies of the shipped tiny pipeline's parts, as the trainer takes them."""
     from diffusers import DDPMScheduler
 
-    from peft_memcontrol.pipelines import load_tiny_pipeline
+    from peft_memcontrol.tiny_sd import load_tiny_pipeline
 
     pipe = load_tiny_pipeline()
     return {

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..evaluation import EvaluationSettings
+
 
 #: Learning rates per method: full fine-tuning and attention tuning move big weights, SVDiff and DiffFit small
 #: vectors that need a larger rate (the usual settings of the methods, scaled to the tiny model).
@@ -47,7 +49,7 @@ class DemoConfig:
         learning_rates: per base method (``full``, ``svdiff``, ``difffit``, ``attention``).
         caption_dropout_probability: as in the trainer.
 
-    Evaluation (every model the same way, through `peft_memcontrol.metrics`):
+    Evaluation (every model the same way, through `peft_memcontrol.evaluation`; see `evaluation_settings`):
         num_generations: seeded generations per memorized prompt for the extraction attack, AMD and replication.
         num_inference_steps, guidance_scale: DDIM sampling.
         extraction_thresholds, min_group_size: the attack's tiled-L2 threshold per domain, and its group size.
@@ -99,6 +101,19 @@ class DemoConfig:
     # execution
     num_workers: int = 2
     progress: bool = True
+
+    def evaluation_settings(self, domain: str) -> EvaluationSettings:
+        """How every model of ``domain`` is scored (its extraction threshold comes from ``extraction_thresholds``)."""
+        return EvaluationSettings(
+            num_generations=self.num_generations,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            extraction_threshold=self.extraction_thresholds[domain],
+            min_group_size=self.min_group_size,
+            noise_norm_generations=self.noise_norm_generations,
+            feature=self.feature,
+            seed=self.seed,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (written to ``config.json`` in the report folder)."""

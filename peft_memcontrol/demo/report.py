@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from ..evaluation.table import Column, markdown_table
+
 
 #: Table columns: (key, header, format). ``time_s`` varies between runs; every other column is seeded.
-COLUMNS: list[tuple[str, str, str]] = [
+COLUMNS: list[Column] = [
     ("method", "method", "{}"),
     ("trainable_share", "trainable share", "{:.3%}"),
     ("fid", "FID ↓", "{:.2f}"),
@@ -31,24 +32,6 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("noise_norm", "noise norm ↓", "{:.4f}"),
     ("time_s", "train time (s)", "{:.0f}"),
 ]
-
-
-def _format(value: Any, pattern: str) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if pattern == "{:d}":
-        value = int(value)
-    return pattern.format(value)
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = tuple(COLUMNS)) -> str:
-    """A markdown table of ``rows``; ``columns`` are (key, header, format), the demo's by default. The ``method``
-    column is left-aligned, the others (numbers) right-aligned."""
-    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
-    lines.append("|" + "|".join("---" if key == "method" else "---:" for key, _, _ in columns) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(_format(row[key], pattern) for key, _, pattern in columns) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str) -> str:
@@ -149,7 +132,7 @@ def write_report(
         "less memorization (AMD, extracted, flagged, replication, noise norm) or better quality (FID). "
         "Training times vary between runs; every other number is seeded.",
         "",
-        markdown_table(rows),
+        markdown_table(rows, COLUMNS),
         main_verdict,
         "",
         f"Searched mask ({search['method']}, knee of the front, learning rate {search['learning_rate']:.3g}): "
@@ -157,7 +140,7 @@ def write_report(
         "",
         f"## Transfer to {config['transfer_domain']} (mask unchanged)",
         "",
-        markdown_table(transfer_rows),
+        markdown_table(transfer_rows, COLUMNS),
         transfer_verdict,
         "",
         "## Pictures",
@@ -172,7 +155,7 @@ def write_report(
         handle.write("\n".join(text))
     paths["transfer.md"] = os.path.join(output_dir, "transfer.md")
     with open(paths["transfer.md"], "w", encoding="utf-8") as handle:
-        handle.write(markdown_table(transfer_rows) + "\n" + transfer_verdict + "\n")
+        handle.write(markdown_table(transfer_rows, COLUMNS) + "\n" + transfer_verdict + "\n")
     paths["summary.json"] = os.path.join(output_dir, "summary.json")
     with open(paths["summary.json"], "w", encoding="utf-8") as handle:
         json.dump(

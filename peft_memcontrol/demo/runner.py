@@ -4,27 +4,37 @@
    full fine-tuning with random word addition, and with Wen et al.'s noise-norm filtering.
 2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, noise norm vs FID), fine-tune the
    knee of the front on the full training set.
-3. Score every model the same way (`peft_memcontrol.demo.evaluate`).
+3. Score every model the same way (`peft_memcontrol.evaluation.evaluate_model`).
 4. Fine-tune the unchanged mask, and full fine-tuning, on the transfer domain (faces) and score both.
 5. Write the report folder (`peft_memcontrol.demo.report`).
 
-Every fine-tuning goes through `MemControlTrainer`, every score through `peft_memcontrol.metrics`.
+Every fine-tuning goes through `MemControlTrainer`, every score through `peft_memcontrol.evaluation`.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
+from ..counting import meta_unet, trainable_share
+from ..evaluation import EvaluationData, EvaluationSettings, ModelScores, evaluate_model, load_evaluation_data
+from ..search import GenomeSpace, MaskSearcher, ProcessExecutor, SearchConfig
+from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
+from ..search.report import write_search_outputs
+from ..tiny_sd import TINY_UNET_CONFIG, tiny_pipeline_path
+from ..training import MemControlTrainer, RandomWordAddition, TrainingConfig, load_training_dataset
+from ..tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 from .config import DemoConfig
 from .data import build_domain
-from .evaluate import EvaluationData, ModelScores, evaluate_model, load_evaluation_data
 from .report import write_report
 
 
@@ -47,9 +57,6 @@ class MethodSpec:
 
 def baseline_specs(config: DemoConfig) -> list[MethodSpec]:
     """The paper's baselines: full fine-tuning, the three PEFT methods on every slot, and two mitigations."""
-    from ..training import RandomWordAddition
-    from ..tuners import DiffFitConfig, MaskedAttentionConfig, SVDiffConfig
-
     rates = config.learning_rates
     return [
         MethodSpec(FULL, "full", rates["full"]),
@@ -63,9 +70,6 @@ def baseline_specs(config: DemoConfig) -> list[MethodSpec]:
 
 def train_one(spec: MethodSpec, train_dir: str, output_dir: str, config: DemoConfig) -> tuple[Any, float, float]:
     """Fine-tune the tiny pipeline on ``train_dir`` with ``spec``; returns (trainer, trainable share, seconds)."""
-    from ..pipelines import tiny_pipeline_path
-    from ..training import MemControlTrainer, TrainingConfig, load_training_dataset
-
     dataset = load_training_dataset(train_data_dir=train_dir, resolution=32)
     training = TrainingConfig(
         output_dir=output_dir,
@@ -89,17 +93,14 @@ def trainable_share_of(method: Any) -> float:
     """Trained parameters as a share of the tiny UNet's (exact count on a meta-device copy; 1 for full)."""
     if isinstance(method, str):
         return 1.0
-    from ..counting import meta_unet, trainable_share
-    from ..pipelines import TINY_UNET_CONFIG
-
     return trainable_share(meta_unet(dict(TINY_UNET_CONFIG)), method)
 
 
-def score(trainer: Any, data: EvaluationData, config: DemoConfig, feature: Any) -> ModelScores:
-    """Evaluate a trained model with the demo's settings (adapter applied, not merged)."""
+def score(trainer: Any, data: EvaluationData, settings: EvaluationSettings) -> ModelScores:
+    """Evaluate a trained model (adapter applied, not merged)."""
     pipeline = trainer.pipeline()
     trainer.model.eval()
-    return evaluate_model(pipeline, data, config, feature)
+    return evaluate_model(pipeline, data, settings)
 
 
 def _init_worker(device: str | None) -> None:
@@ -111,19 +112,18 @@ def _init_worker(device: str | None) -> None:
         torch.set_num_threads(1)
 
 
-_FEATURES: dict[str, Any] = {}
-
-
 def train_and_score(
-    spec: MethodSpec, train_dir: str, run_dir: str, data: EvaluationData, config: DemoConfig
+    spec: MethodSpec,
+    train_dir: str,
+    run_dir: str,
+    data: EvaluationData,
+    settings: EvaluationSettings,
+    config: DemoConfig,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it; returns (row, per-prompt records)."""
-    from ..metrics import get_feature_extractor
-
-    if config.feature not in _FEATURES:
-        _FEATURES[config.feature] = get_feature_extractor(config.feature)
+    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings``; returns
+    (row, per-prompt records)."""
     trainer, share, seconds = train_one(spec, train_dir, run_dir, config)
-    scores = score(trainer, data, config, _FEATURES[config.feature])
+    scores = score(trainer, data, settings)
     trainer.end()
     return _row(spec.name, share, seconds, scores), scores.prompt_records
 
@@ -156,44 +156,42 @@ def _announce(row: dict[str, Any], progress: Any) -> None:
 
 def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
     """The MemControl search on the main domain: NSGA-II over the mask bits and the learning rate, noise norm vs FID."""
-    from diffusers import UNet2DConditionModel
-
-    from ..counting import meta_unet
-    from ..pipelines import tiny_pipeline_path
-    from ..search import GenomeSpace, MaskSearcher, SearchConfig
-    from ..search.inner_loop import InnerLoop
-    from ..search.report import write_search_outputs
-    from ..tuners import MemControlConfig
-
     unet_config = dict(UNet2DConditionModel.load_config(tiny_pipeline_path(), subfolder="unet"))
     model = meta_unet({k: v for k, v in unet_config.items() if not k.startswith("_")})
     space = GenomeSpace.for_model(
         model, MemControlConfig(method=config.search_method), learning_rate_bounds=(1e-3, 3e-2)
     )
     loop = InnerLoop(
-        dataset.train_dir,
+        ProxyDataSpec(
+            dataset.train_dir,
+            test_data_dir=dataset.test_dir,
+            fraction=config.proxy_fraction,
+            num_memorization=config.proxy_num_memorization,
+            repeats=config.proxy_repeats,
+            seed=config.seed,
+        ),
         objectives=["noise_norm", "fid"],
-        test_data_dir=dataset.test_dir,
-        max_train_steps=config.search_train_steps,
-        train_batch_size=config.train_batch_size,
-        caption_dropout_probability=config.caption_dropout_probability,
-        seed=config.seed,
-        proxy_fraction=config.proxy_fraction,
-        proxy_num_memorization=config.proxy_num_memorization,
-        proxy_repeats=config.proxy_repeats,
-        num_fid_images=config.search_fid_images,
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        feature=config.feature,
+        training=TrainingConfig(
+            max_train_steps=config.search_train_steps,
+            train_batch_size=config.train_batch_size,
+            caption_dropout_probability=config.caption_dropout_probability,
+            seed=config.seed,
+        ),
+        evaluation=replace(
+            SEARCH_EVALUATION,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            feature=config.feature,
+            seed=config.seed,
+            num_fid_images=config.search_fid_images,
+        ),
     )
     search_config = SearchConfig(
         population_size=config.population_size, generations=config.generations, seed=config.seed
     )
     executor: Any = "serial"
     if config.num_workers > 1:
-        from ..search import ProcessPoolExecutor
-
-        executor = ProcessPoolExecutor(num_workers=config.num_workers)
+        executor = ProcessExecutor(num_workers=config.num_workers)
     searcher = MaskSearcher(
         space, loop, config=search_config, output_dir=output_dir, executor=executor, progress=config.progress
     )
@@ -218,16 +216,13 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
     work = os.path.join(output_dir, "work")
     main = build_domain(config.domain, os.path.join(work, "data", config.domain), config)
     other = build_domain(config.transfer_domain, os.path.join(work, "data", config.transfer_domain), config)
-    main_data = load_evaluation_data(main, config.domain)
-    other_data = load_evaluation_data(other, config.transfer_domain)
+    main_data, main_settings = load_evaluation_data(main), config.evaluation_settings(config.domain)
+    other_data, other_settings = load_evaluation_data(other), config.evaluation_settings(config.transfer_domain)
 
     specs = baseline_specs(config)
     progress = tqdm(total=len(specs) + 4, desc="Demo", unit="stage", disable=not config.progress)
     pool = None
     if config.num_workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         pool = ProcessPoolExecutor(
             config.num_workers,
             mp_context=multiprocessing.get_context("spawn"),
@@ -237,11 +232,13 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
     try:
         runs = os.path.join(work, "runs")
         jobs = [
-            (spec, main.train_dir, os.path.join(runs, f"{index}"), main_data, config)
+            (spec, main.train_dir, os.path.join(runs, f"{index}"), main_data, main_settings, config)
             for index, spec in enumerate(specs)
         ]
         # Full fine-tuning on the transfer domain does not wait for the search: it runs with the baselines.
-        jobs.append((specs[0], other.train_dir, os.path.join(runs, "transfer-full"), other_data, config))
+        jobs.append(
+            (specs[0], other.train_dir, os.path.join(runs, "transfer-full"), other_data, other_settings, config)
+        )
         *baselines, transfer_full = _run_jobs(pool, jobs, progress)
 
         progress.set_postfix_str("mask search")
@@ -253,8 +250,8 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         progress.update(1)
 
         jobs = [
-            (searched, main.train_dir, os.path.join(runs, "searched"), main_data, config),
-            (searched, other.train_dir, os.path.join(runs, "transfer-searched"), other_data, config),
+            (searched, main.train_dir, os.path.join(runs, "searched"), main_data, main_settings, config),
+            (searched, other.train_dir, os.path.join(runs, "transfer-searched"), other_data, other_settings, config),
         ]
         searched_main, searched_transfer = _run_jobs(pool, jobs, progress)
     finally:

@@ -3,7 +3,7 @@
 Images follow one convention (`peft_memcontrol.metrics.images`): float in [0, 1], NCHW, RGB. Metrics that
 compare images embed them in a feature space (`peft_memcontrol.metrics.features`) and also accept
 precomputed (N, d) features, so one embedding can serve FID, AMD, MiFID and replication; see
-`evaluate_generations`.
+`evaluate_generations`. Scoring a whole model with these metrics is `peft_memcontrol.evaluation.evaluate_model`.
 """
 
 from .amd import (

@@ -1,5 +1,6 @@
-"""One call for the usual report: each image is embedded once and the features feed FID, AMD, MiFID and
-replication."""
+"""One call for the usual report on images already generated: each image is embedded once and the features feed FID,
+AMD, MiFID and replication. Scoring a whole model (generating, attacking, these metrics and the noise norm) is
+`peft_memcontrol.evaluation.evaluate_model`, which calls this."""
 
 from __future__ import annotations
 

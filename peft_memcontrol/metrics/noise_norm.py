@@ -23,6 +23,7 @@ import torch
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
+from ..latents import encode_latents
 from .images import prepare_images
 
 
@@ -96,9 +97,9 @@ def training_noise_norms(
 ) -> torch.Tensor:
     """Per-sample noise norms of a training batch: noise clean latents at a random timestep each, score them.
 
-    ``latents`` are VAE latents already multiplied by the VAE's scaling factor, as in a training step;
-    ``noise_scheduler`` is the training scheduler (``add_noise`` and ``config.num_train_timesteps``). Also the
-    signal of Wen et al.'s training-time filtering mitigation.
+    ``latents`` are VAE latents in the denoiser's space (`peft_memcontrol.latents.encode_latents`), as in a
+    training step; ``noise_scheduler`` is the training scheduler (``add_noise`` and
+    ``config.num_train_timesteps``). Also the signal of Wen et al.'s training-time filtering mitigation.
     """
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     timesteps = torch.randint(
@@ -247,12 +248,13 @@ def pipeline_memorization_reward(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """`memorization_reward` from a pipeline, captions and their training images (library convention):
-    images are encoded by the VAE (mean latent, times the scaling factor), captions by the text encoder, and
-    ``pipeline.scheduler`` serves as the noise scheduler.
+    images are encoded by the VAE (the posterior's mean, shifted and scaled:
+    `peft_memcontrol.latents.encode_latents`), captions by the text encoder, and ``pipeline.scheduler`` serves as the
+    noise scheduler.
     """
     device = pipeline.unet.device
     pixels = prepare_images(images).to(device, pipeline.vae.dtype) * 2.0 - 1.0
-    latents = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+    latents = encode_latents(pipeline.vae, pixels)
     text_embeddings, uncond_embeddings = pipeline.encode_prompt(
         list(prompts), device, 1, do_classifier_free_guidance=True
     )

@@ -6,12 +6,15 @@ package; `SyntheticMaskProblem` is a closed-form stand-in. Results are a `Search
 `MemControlConfig` objects; `write_search_outputs` writes the front, hypervolume, plots and chosen masks.
 """
 
-from .evaluation import WORST_VALUE, evaluate_candidate
-from .executors import ProcessPoolExecutor, RayExecutor, SerialExecutor, get_executor
+from .candidate_run import WORST_VALUE, run_candidate
+from .config import SearchConfig
+from .executors import ProcessExecutor, RayExecutor, SerialExecutor, get_executor
 from .genome import METHOD_CHOICES, Candidate, GenomeSpace
+from .inner_loop import InnerLoop, TrainableShareConstraint
 from .journal import Journal, atomic_write_json
 from .pareto import best_within, dominates, hypervolume, knee_point, non_dominated_indices
-from .searcher import FrontPoint, MaskSearcher, SearchConfig, SearchResult
+from .result import FrontPoint, SearchResult
+from .searcher import MaskSearcher
 from .synthetic import SyntheticMaskProblem
 
 
@@ -21,20 +24,22 @@ __all__ = [
     "Candidate",
     "FrontPoint",
     "GenomeSpace",
+    "InnerLoop",
     "Journal",
     "MaskSearcher",
-    "ProcessPoolExecutor",
+    "ProcessExecutor",
     "RayExecutor",
     "SearchConfig",
     "SearchResult",
     "SerialExecutor",
     "SyntheticMaskProblem",
+    "TrainableShareConstraint",
     "atomic_write_json",
     "best_within",
     "dominates",
-    "evaluate_candidate",
     "get_executor",
     "hypervolume",
     "knee_point",
     "non_dominated_indices",
+    "run_candidate",
 ]

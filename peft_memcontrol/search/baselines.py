@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .evaluation import Evaluator, evaluate_candidate
+from .candidate_run import Evaluator, run_candidate
 from .genome import GenomeSpace
 from .pareto import non_dominated_indices
 
@@ -21,7 +21,7 @@ def random_search(
     """Evaluate ``num_evaluations`` distinct uniformly random genomes at the full budget.
 
     Returns ``(front_values, records)``: the objective values of the non-dominated successful evaluations, and one
-    record per evaluation (``key``, ``genome`` and the fields of `evaluate_candidate`).
+    record per evaluation (``key``, ``genome`` and the fields of `run_candidate`).
     """
     objectives = list(objectives or evaluator.objectives)
     rng = random.Random(seed)
@@ -35,7 +35,7 @@ def random_search(
             continue
         seen.add(candidate.key)
         record = {"key": candidate.key, "genome": list(candidate.genome)}
-        record.update(evaluate_candidate(evaluator, candidate, 1.0, objectives))
+        record.update(run_candidate(evaluator, candidate, 1.0, objectives))
         records.append(record)
     values = [r["values"] for r in records if r["status"] == "ok"]
     return [values[i] for i in non_dominated_indices(values)], records

@@ -2,7 +2,7 @@
 
 An executor takes a list of evaluation tasks and yields ``(index, record)`` pairs as they finish, in any order; the
 searcher files each result by its index, so the order of completion never changes the search. Every executor runs
-`evaluate_candidate`, which turns a failing candidate into a record instead of an exception.
+`run_candidate`, which turns a failing candidate into a record instead of an exception.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from .evaluation import Evaluator, evaluate_candidate
+from .candidate_run import Evaluator, run_candidate
 
 
 Task = tuple[dict[str, Any], float]
@@ -28,7 +29,7 @@ class SerialExecutor:
         self, evaluator: Evaluator, tasks: Sequence[Task], objectives: Sequence[str]
     ) -> Iterator[tuple[int, dict]]:
         for index, (candidate, budget) in enumerate(tasks):
-            yield index, evaluate_candidate(evaluator, candidate, budget, objectives)
+            yield index, run_candidate(evaluator, candidate, budget, objectives)
 
     def close(self) -> None:
         pass
@@ -42,7 +43,7 @@ def _init_worker(devices: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
 
 
-class ProcessPoolExecutor:
+class ProcessExecutor:
     """A local pool of ``num_workers`` spawned processes; with ``gpus`` each worker sees only its own GPU.
 
     Workers live for the whole search, so an evaluator that caches its base model per process (as `InnerLoop`
@@ -56,8 +57,6 @@ class ProcessPoolExecutor:
     name = "process"
 
     def __init__(self, num_workers: int | None = None, gpus: Sequence[int] | None = None) -> None:
-        from concurrent.futures import ProcessPoolExecutor as Pool
-
         if gpus is not None and num_workers is not None and num_workers > len(gpus):
             raise ValueError(f"{num_workers} workers but only {len(gpus)} GPUs: one GPU per worker.")
         self.num_workers = num_workers or (len(gpus) if gpus else 2)
@@ -67,17 +66,15 @@ class ProcessPoolExecutor:
             devices = context.Queue()
             for gpu in list(gpus)[: self.num_workers]:
                 devices.put(gpu)
-        self._pool = Pool(
+        self._pool = ProcessPoolExecutor(
             max_workers=self.num_workers, mp_context=context, initializer=_init_worker, initargs=(devices,)
         )
 
     def map(
         self, evaluator: Evaluator, tasks: Sequence[Task], objectives: Sequence[str]
     ) -> Iterator[tuple[int, dict]]:
-        from concurrent.futures import as_completed
-
         futures = {
-            self._pool.submit(evaluate_candidate, evaluator, candidate, budget, list(objectives)): index
+            self._pool.submit(run_candidate, evaluator, candidate, budget, list(objectives)): index
             for index, (candidate, budget) in enumerate(tasks)
         }
         for future in as_completed(futures):
@@ -91,8 +88,8 @@ class RayExecutor:
     """Ray tasks, one per evaluation, each asking for ``num_gpus`` GPUs and ``num_cpus`` CPUs.
 
     Connects to a running cluster (``address="auto"`` on its head node, or ``"host:port"``) or starts a local one
-    when none is given and Ray is not yet initialised. Ray reuses its worker processes, so an evaluator's per-process model cache survives across tasks.
-    Needs the ``ray`` extra (``pip install "peft-memcontrol[ray]"``).
+    when none is given and Ray is not yet initialised. Ray reuses its worker processes, so an evaluator's per-process
+    model cache survives across tasks. Needs the ``ray`` extra (``pip install "peft-memcontrol[ray]"``).
     """
 
     name = "ray"
@@ -113,7 +110,7 @@ class RayExecutor:
                     "on the head node pass address='auto' (`--ray_address auto`), which finds the token; elsewhere "
                     "set RAY_AUTH_MODE=token and provide the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)."
                 ) from error
-        self._remote = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_retries=0)(evaluate_candidate)
+        self._remote = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_retries=0)(run_candidate)
         self._evaluator_ref: Any = None
         self._evaluator: Any = None
 
@@ -140,7 +137,7 @@ def get_executor(name: str | Any = "serial", **kwargs: Any) -> Any:
     """An executor by name (``"serial"``, ``"process"``, ``"ray"``), or the given executor object."""
     if not isinstance(name, str):
         return name
-    executors = {"serial": SerialExecutor, "process": ProcessPoolExecutor, "ray": RayExecutor}
+    executors = {"serial": SerialExecutor, "process": ProcessExecutor, "ray": RayExecutor}
     if name not in executors:
         raise ValueError(f"Unknown executor {name!r}; choose one of {sorted(executors)}.")
     return executors[name](**kwargs)

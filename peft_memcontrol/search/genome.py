@@ -15,12 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..counting import slot_units
 from ..slots import LAYOUTS, Mask, SlotLayout
+from ..tuners import METHODS
 
 
 OFF = "off"
-METHOD_CHOICES = (OFF, "svdiff", "difffit", "attention")
-"""The per-unit method choices of `GenomeSpace(choices=...)`: off, or one of the base methods."""
+METHOD_CHOICES = (OFF, *METHODS)
+"""The per-unit method choices of `GenomeSpace(choices=...)`: off, or one of the base methods (`METHODS`)."""
 
 Genome = list[float]
 """Unit genes (0/1 bits, or indices into ``choices``) followed by the ``log10`` learning-rate gene, if any."""
@@ -132,14 +134,12 @@ class GenomeSpace:
 
     @classmethod
     def for_model(cls, model: Any, config: Any, **kwargs: Any) -> GenomeSpace:
-        """A bit genome over the units of ``config``'s method on ``model`` (`peft_memcontrol.slot_units`).
+        """A bit genome over the units of ``config``'s method on ``model`` (`peft_memcontrol.counting.slot_units`).
 
         ``config`` is a method config (`SVDiffConfig`, ...) or a `MemControlConfig`; its granularity and mask
         semantics decide the units. Models whose units are exactly SD-1.5's 16 slots get the reference code's
         layout (13 bits for SVDiff and DiffFit, 16 for attention tuning) unless ``layout=False`` is passed.
         """
-        from ..counting import slot_units
-
         use_layout = kwargs.pop("layout", True)
         method = getattr(config, "method", None) or _method_of(config)
         units = slot_units(model, config)
@@ -291,8 +291,6 @@ class GenomeSpace:
 
 def _method_of(config: Any) -> str:
     """The method name of a method config (`SVDiffConfig` -> ``"svdiff"``)."""
-    from ..tuners import METHODS
-
     for name, (config_cls, _) in METHODS.items():
         if type(config) is config_cls:
             return name

@@ -1,9 +1,11 @@
 """The inner loop of MemControl: train one candidate mask on the proxy set for K steps, then score it.
 
-Training is the project's one trainer (`peft_memcontrol.training.MemControlTrainer`); scores come from the
-objectives (`peft_memcontrol.search.objectives`), which call the metrics package. The base model is loaded once per
-worker process and kept: each candidate's adapter is injected into it, trained, scored and unloaded again, so the
-base weights (and with them the SVD cache of `peft_memcontrol.svd`, keyed by weight) serve every candidate.
+An `InnerLoop` is built from three parts: a `TrainingConfig` (how each candidate is fine-tuned, by the project's one
+trainer), `EvaluationSettings` (how its objectives generate and score, through `peft_memcontrol.evaluation`) and a
+frozen `ProxyDataSpec` (which base model and data are loaded). The spec is also the key of the `WorkerCache`: each
+worker process loads the base model and the proxy set once per spec and keeps them; every candidate's adapter is
+injected into that base model, trained, scored and unloaded again, so the base weights (and with them the SVD cache
+of `peft_memcontrol.svd`, keyed by weight) serve every candidate.
 """
 
 from __future__ import annotations
@@ -11,175 +13,173 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+from ..counting import meta_unet, trainable_share
+from ..evaluation import EvaluationSettings, SplitImages, dataset_split, feature_bank
+from ..svd import clear_svd_cache
+from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline
+from ..training import MemControlTrainer, ProxySet, TrainingConfig, build_proxy_set, load_training_dataset
+from ..tuners import MemControlConfig
 from .genome import Candidate, GenomeSpace
-from .objectives import EvaluationContext, Objective, resolve_objectives
+from .objectives import Objective, ObjectiveContext, resolve_objectives
+
+
+@dataclass(frozen=True)
+class ProxyDataSpec:
+    """What a worker loads once and keeps for every candidate: the base model, the proxy set and the held-out set.
+
+    Frozen, because it is the key of the `WorkerCache`: every option that changes what is loaded is a field here, so
+    two loops that load different things can never share a cache entry.
+
+    Attributes:
+        train_data_dir: image folder (``metadata.jsonl``) of the training data; the proxy set is built from it.
+        test_data_dir: held-out image folder (for ``fid`` and ``val_loss``).
+        pretrained_model_name_or_path: a diffusers text-to-image folder or Hub id; ``None``: the package's tiny
+            pipeline.
+        resolution: image size (default: the UNet's sample size times the VAE's factor).
+        fraction, num_memorization, repeats, seed: the proxy set (`peft_memcontrol.training.build_proxy_set`).
+    """
+
+    train_data_dir: str
+    test_data_dir: str | None = None
+    pretrained_model_name_or_path: str | None = None
+    resolution: int | None = None
+    fraction: float = 0.01
+    num_memorization: int = 10
+    repeats: int = 50
+    seed: int = 0
 
 
 @dataclass
-class _Loaded:
-    """A worker's base model and data, loaded once."""
+class LoadedProxy:
+    """A worker's base model and data, loaded from one `ProxyDataSpec`."""
 
     unet: Any
     vae: Any
     text_encoder: Any
     tokenizer: Any
     noise_scheduler: Any
-    proxy: Any
+    proxy: ProxySet
+    memorization: SplitImages
     test_dataset: Any
 
 
-_WORKER_STATE: dict[tuple, _Loaded] = {}
-_FEATURE_EXTRACTORS: dict[str, Any] = {}
+def load_proxy(spec: ProxyDataSpec) -> LoadedProxy:
+    """Load the base model of ``spec`` and build its proxy set (and held-out set, if any)."""
+    if spec.pretrained_model_name_or_path is None:
+        pipe = load_tiny_pipeline()
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(spec.pretrained_model_name_or_path, safety_checker=None)
+    resolution = spec.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    dataset = load_training_dataset(train_data_dir=spec.train_data_dir, resolution=resolution)
+    proxy = build_proxy_set(
+        dataset,
+        fraction=spec.fraction,
+        num_memorization=min(spec.num_memorization, len(dataset)),
+        repeats=spec.repeats,
+        seed=spec.seed,
+    )
+    test = None
+    if spec.test_data_dir is not None:
+        test = load_training_dataset(train_data_dir=spec.test_data_dir, resolution=resolution)
+    return LoadedProxy(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        proxy=proxy,
+        memorization=dataset_split(proxy.memorization_dataset),
+        test_dataset=test,
+    )
+
+
+class WorkerCache:
+    """The base models and data one process has loaded, by `ProxyDataSpec` (the process's one instance:
+    `WORKER_CACHE`; an `InnerLoop` sent to a worker finds what that worker loaded before)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[ProxyDataSpec, LoadedProxy] = {}
+
+    def get(self, spec: ProxyDataSpec, reuse: bool = True) -> LoadedProxy:
+        """What ``spec`` loads: kept from an earlier call, or (first use, or ``reuse=False``) loaded now.
+
+        ``reuse=False`` reloads the base model and forgets the SVD cache: only for measuring what the reuse saves.
+        """
+        if reuse and spec in self._loaded:
+            return self._loaded[spec]
+        if not reuse:
+            clear_svd_cache()
+        self._loaded[spec] = load_proxy(spec)
+        return self._loaded[spec]
+
+
+WORKER_CACHE = WorkerCache()
+
+SEARCH_EVALUATION = EvaluationSettings(
+    num_generations=10,
+    num_inference_steps=50,
+    extraction_threshold=0.15,
+    min_group_size=3,
+    generation_batch_size=16,
+    num_fid_images=100,
+)
+"""The inner loop's default scoring: 50 sampling steps, 16 images a pipeline call, FID on up to 100 held-out
+prompts, and the extraction attack's default setting (10 generations per prompt, threshold 0.15, groups of 3)."""
 
 
 class InnerLoop:
     """A picklable evaluator ``inner_loop(candidate, budget) -> {objective: value}`` that trains and scores.
 
     Args:
-        train_data_dir: image folder (``metadata.jsonl``) of the training data; the proxy set is built from it.
+        data: the base model and data (`ProxyDataSpec`), loaded once per worker process.
         objectives: two (or one or three) objectives: built-in names (`BUILTIN_OBJECTIVES`) or callables of an
-            `EvaluationContext`.
-        pretrained_model_name_or_path: a diffusers text-to-image folder or Hub id; ``None``: the package's tiny
-            pipeline.
-        test_data_dir: held-out image folder (for ``fid`` and ``val_loss``).
-        max_train_steps: K, the training steps of a full-budget evaluation (a budget ``b`` trains ``round(b K)``).
-        train_batch_size, learning_rate, mixed_precision, caption_dropout_probability, seed: as in the trainer;
-            ``learning_rate`` is used only when the genome has no learning-rate gene.
-        resolution: image size (default: the UNet's sample size times the VAE's factor).
-        proxy_fraction, proxy_num_memorization, proxy_repeats: the proxy set (`build_proxy_set`).
-        mask_semantics, granularity, method_options: passed to every candidate's `MemControlConfig`.
-        num_fid_images, num_inference_steps, guidance_scale, generation_batch_size: generation for ``fid``,
-            ``neg_amd`` and ``extraction``.
-        num_extraction_generations: generations per prompt of the extraction attack.
-        feature: feature space of ``fid`` and ``neg_amd`` (see `peft_memcontrol.metrics.get_feature_extractor`).
+            `ObjectiveContext`.
+        training: how every candidate is fine-tuned; ``max_train_steps`` is K, the steps of a full-budget
+            evaluation (a budget ``b`` trains ``round(b K)``), and ``learning_rate`` is used only when the genome has
+            no learning-rate gene. Default: ``TrainingConfig()``.
+        evaluation: generation and metric settings of the objectives (default `SEARCH_EVALUATION`):
+            ``num_generations`` are the extraction attack's generations per prompt, ``num_fid_images`` the test
+            images of ``fid``, ``feature`` the feature space of ``fid`` and ``neg_amd``.
         reduction: ``"max"`` or ``"mean"`` over a batch for ``noise_norm``.
+        mask_semantics, granularity, method_options: passed to every candidate's `MemControlConfig`.
         reuse_base_model: keep the base model between candidates (``False`` reloads it and forgets the SVD cache
             every time: only for measuring what the reuse saves).
     """
 
     def __init__(
         self,
-        train_data_dir: str,
+        data: ProxyDataSpec,
         objectives: Sequence[str | Objective] = ("noise_norm", "fid"),
-        pretrained_model_name_or_path: str | None = None,
-        test_data_dir: str | None = None,
-        max_train_steps: int = 100,
-        train_batch_size: int = 8,
-        learning_rate: float = 1e-4,
-        mixed_precision: str | None = None,
-        caption_dropout_probability: float = 0.1,
-        seed: int = 0,
-        resolution: int | None = None,
-        proxy_fraction: float = 0.01,
-        proxy_num_memorization: int = 10,
-        proxy_repeats: int = 50,
+        training: TrainingConfig | None = None,
+        evaluation: EvaluationSettings = SEARCH_EVALUATION,
+        reduction: str = "max",
         mask_semantics: str = "paper",
         granularity: str = "slot",
         method_options: dict[str, Any] | None = None,
-        num_fid_images: int = 100,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 4.0,
-        generation_batch_size: int = 16,
-        num_extraction_generations: int = 10,
-        feature: str = "efficientnet-lite0",
-        reduction: str = "max",
         reuse_base_model: bool = True,
     ) -> None:
         self._objectives = resolve_objectives(objectives)
         self.objectives = [name for name, _ in self._objectives]
-        if any(name in ("fid", "val_loss") for name in self.objectives) and test_data_dir is None:
-            raise ValueError("The 'fid' and 'val_loss' objectives need held-out data: pass test_data_dir.")
-        self.train_data_dir = train_data_dir
-        self.pretrained_model_name_or_path = pretrained_model_name_or_path
-        self.test_data_dir = test_data_dir
-        self.max_train_steps = max_train_steps
-        self.train_batch_size = train_batch_size
-        self.learning_rate = learning_rate
-        self.mixed_precision = mixed_precision
-        self.caption_dropout_probability = caption_dropout_probability
-        self.seed = seed
-        self.resolution = resolution
-        self.proxy_fraction = proxy_fraction
-        self.proxy_num_memorization = proxy_num_memorization
-        self.proxy_repeats = proxy_repeats
-        self.config_kwargs = {"mask_semantics": mask_semantics, "granularity": granularity}
+        if any(name in ("fid", "val_loss") for name in self.objectives) and data.test_data_dir is None:
+            raise ValueError("The 'fid' and 'val_loss' objectives need held-out data: set data.test_data_dir.")
+        self.data = data
+        self.training = training if training is not None else TrainingConfig()
+        self.evaluation = evaluation
+        self.reduction = reduction
+        self.config_kwargs: dict[str, Any] = {"mask_semantics": mask_semantics, "granularity": granularity}
         if method_options:
             self.config_kwargs["method_options"] = dict(method_options)
-        self.num_fid_images = num_fid_images
-        self.num_inference_steps = num_inference_steps
-        self.guidance_scale = guidance_scale
-        self.generation_batch_size = generation_batch_size
-        self.num_extraction_generations = num_extraction_generations
-        self.feature = feature
-        self.reduction = reduction
         self.reuse_base_model = reuse_base_model
 
-    # ------------------------------------------------------------------ per-worker state
-    def _state_key(self) -> tuple:
-        return (
-            self.pretrained_model_name_or_path,
-            self.train_data_dir,
-            self.test_data_dir,
-            self.resolution,
-            self.proxy_fraction,
-            self.proxy_num_memorization,
-            self.proxy_repeats,
-            self.seed,
-        )
+    def load(self) -> LoadedProxy:
+        """This worker's base model and data (loaded on first use, then kept in `WORKER_CACHE`)."""
+        return WORKER_CACHE.get(self.data, reuse=self.reuse_base_model)
 
-    def load(self) -> _Loaded:
-        """This worker's base model and data (loaded on first use, then kept)."""
-        key = self._state_key()
-        if key in _WORKER_STATE and self.reuse_base_model:
-            return _WORKER_STATE[key]
-        from diffusers import DDPMScheduler, StableDiffusionPipeline
-
-        from ..pipelines import load_tiny_pipeline
-        from ..svd import clear_svd_cache
-        from ..training import build_proxy_set, load_training_dataset
-
-        if not self.reuse_base_model:
-            clear_svd_cache()
-        if self.pretrained_model_name_or_path is None:
-            pipe = load_tiny_pipeline()
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(self.pretrained_model_name_or_path, safety_checker=None)
-        resolution = self.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        dataset = load_training_dataset(train_data_dir=self.train_data_dir, resolution=resolution)
-        proxy = build_proxy_set(
-            dataset,
-            fraction=self.proxy_fraction,
-            num_memorization=min(self.proxy_num_memorization, len(dataset)),
-            repeats=self.proxy_repeats,
-            seed=self.seed,
-        )
-        test = None
-        if self.test_data_dir is not None:
-            test = load_training_dataset(train_data_dir=self.test_data_dir, resolution=resolution)
-        loaded = _Loaded(
-            unet=pipe.unet,
-            vae=pipe.vae,
-            text_encoder=pipe.text_encoder,
-            tokenizer=pipe.tokenizer,
-            noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-            proxy=proxy,
-            test_dataset=test,
-        )
-        _WORKER_STATE[key] = loaded
-        return loaded
-
-    def feature_extractor(self) -> Any:
-        """The feature extractor of ``fid`` and ``neg_amd``, loaded once per worker."""
-        if self.feature not in _FEATURE_EXTRACTORS:
-            from ..metrics import get_feature_extractor
-
-            _FEATURE_EXTRACTORS[self.feature] = get_feature_extractor(self.feature)
-        return _FEATURE_EXTRACTORS[self.feature]
-
-    # ------------------------------------------------------------------ one evaluation
     def check_space(self, space: GenomeSpace) -> None:
         """Refuse genomes this loop cannot train: the trainer trains one PEFT config, so one method per mask."""
         if space.choices is not None:
@@ -188,10 +188,8 @@ class InnerLoop:
                 "an evaluator that applies several adapters."
             )
 
-    def peft_config(self, candidate: Candidate) -> Any:
+    def peft_config(self, candidate: Candidate) -> MemControlConfig:
         """The candidate's `MemControlConfig` (what is trained, and what a chosen mask becomes)."""
-        from ..tuners import MemControlConfig
-
         if len(candidate.masks) != 1:
             raise ValueError(f"InnerLoop trains one method per candidate; this one mixes {sorted(candidate.masks)}.")
         method, mask = next(iter(candidate.masks.items()))
@@ -199,25 +197,19 @@ class InnerLoop:
 
     def steps(self, budget: float) -> int:
         """Training steps for a budget fraction."""
-        return max(1, round(self.max_train_steps * budget))
+        return max(1, round(self.training.max_train_steps * budget))
 
     def __call__(self, candidate: Candidate, budget: float = 1.0) -> dict[str, float]:
-        from ..counting import trainable_share
-        from ..training import MemControlTrainer, TrainingConfig
-
         loaded = self.load()
         config = self.peft_config(candidate)
         share = trainable_share(loaded.unet, config)
-        learning_rate = candidate.learning_rate if candidate.learning_rate is not None else self.learning_rate
+        learning_rate = candidate.learning_rate if candidate.learning_rate is not None else self.training.learning_rate
         with tempfile.TemporaryDirectory(prefix="memcontrol-candidate-") as output_dir:
-            training_config = TrainingConfig(
+            training_config = replace(
+                self.training,
                 output_dir=os.path.join(output_dir, "run"),
                 max_train_steps=self.steps(budget),
-                train_batch_size=self.train_batch_size,
                 learning_rate=learning_rate,
-                mixed_precision=self.mixed_precision,
-                caption_dropout_probability=self.caption_dropout_probability,
-                seed=self.seed,
                 report_to=None,
                 show_progress=False,
             )
@@ -233,25 +225,24 @@ class InnerLoop:
             )
             try:
                 training = trainer.train()
-                context = EvaluationContext(
+                context = ObjectiveContext(
                     candidate=candidate,
                     peft_config=config,
                     trainer=trainer,
                     training=training,
-                    memorization_dataset=loaded.proxy.memorization_dataset,
+                    memorization=loaded.memorization,
                     test_dataset=loaded.test_dataset,
                     trainable_share=share,
-                    settings=self,
+                    settings=self.evaluation,
+                    features=feature_bank(self.evaluation.feature, self.evaluation.feature_device),
+                    reduction=self.reduction,
                 )
                 return {name: float(objective(context)) for name, objective in self._objectives}
             finally:
                 _unload(trainer)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
-def _unload(trainer: Any) -> None:
+def _unload(trainer: MemControlTrainer) -> None:
     """Take the candidate's adapter out of the shared base UNet again (its base weights are untouched)."""
     model = trainer.unwrapped_model
     if hasattr(model, "unload"):
@@ -279,17 +270,11 @@ class TrainableShareConstraint:
 
     def _model(self) -> Any:
         if self._unet is None:
-            from ..counting import meta_unet
-            from ..pipelines import TINY_UNET_CONFIG
-
             config = self.unet_config or TINY_UNET_CONFIG
             self._unet = meta_unet({k: v for k, v in config.items() if not k.startswith("_")})
         return self._unet
 
     def share(self, candidate: Candidate) -> float:
-        from ..counting import trainable_share
-        from ..tuners import MemControlConfig
-
         model = self._model()
         return sum(
             trainable_share(model, MemControlConfig(method=method, mask=dict(mask), **self.config_kwargs))

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 
+JOURNAL_NAME = "journal.jsonl"
+"""The journal's file name in a search's output folder."""
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` so that a reader (or a crash) sees either the old or the new file."""
     path = os.fspath(path)

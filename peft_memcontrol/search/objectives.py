@@ -1,7 +1,8 @@
 """Objectives of the inner loop: pluggable callables ``objective(context) -> float``, all minimized.
 
-The search is reward-agnostic: any callable of an `EvaluationContext` is an objective (its ``__name__`` names it).
-The built-in ones compute nothing themselves; they hand the trained model to the metrics package:
+The search is reward-agnostic: any callable of an `ObjectiveContext` is an objective (its ``__name__`` names it).
+The built-in ones compute nothing themselves: they generate with `peft_memcontrol.evaluation.generate` and hand the
+images to the metrics package.
 
 * ``noise_norm``: the memorization reward (Wen et al.; `peft_memcontrol.metrics.pipeline_memorization_reward`) on the
   memorization subset, max over each batch, averaged over batches. Higher = more memorization.
@@ -21,11 +22,20 @@ from typing import Any
 
 import torch
 
+from ..evaluation import EvaluationSettings, FeatureBank, SplitImages, dataset_split, generate
+from ..metrics import (
+    ExtractionAttackConfig,
+    average_min_cosine_distance,
+    extraction_attack_on_images,
+    frechet_distance,
+    pipeline_memorization_reward,
+)
+from ..training import collate_image_captions
 from .genome import Candidate
 
 
 @dataclass
-class EvaluationContext:
+class ObjectiveContext:
     """Everything an objective may look at after one candidate's training.
 
     Attributes:
@@ -33,156 +43,125 @@ class EvaluationContext:
         peft_config: the `MemControlConfig` that was trained.
         trainer: the `MemControlTrainer` after training (its model still carries the adapter).
         training: the trainer's `TrainingResult`.
-        memorization_dataset: the memorization subset, each sample once.
-        test_dataset: held-out images and captions (``None`` when not given).
+        memorization: the memorization subset's images and captions, each sample once.
+        test_dataset: held-out images and captions, a training-convention data set (``None`` when not given).
         trainable_share: trained parameters / UNet parameters.
-        settings: the `InnerLoop` (generation and metric settings).
-        cache: per-evaluation scratch space shared by objectives (pipeline, generations, features).
+        settings: how to generate and score (`EvaluationSettings`).
+        features: the feature bank of ``settings.feature`` (fixed image sets are embedded once per worker).
+        reduction: ``"max"`` or ``"mean"`` over a batch for ``noise_norm``.
+        cache: per-candidate scratch space shared by objectives (pipeline, generations).
     """
 
     candidate: Candidate
     peft_config: Any
     trainer: Any
     training: Any
-    memorization_dataset: Any
+    memorization: SplitImages
     test_dataset: Any
     trainable_share: float
-    settings: Any
+    settings: EvaluationSettings
+    features: FeatureBank
+    reduction: str = "max"
     cache: dict[str, Any] = field(default_factory=dict)
 
     def pipeline(self) -> Any:
-        """The trained model as a text-to-image pipeline (adapter applied), built once per evaluation."""
+        """The trained model as a text-to-image pipeline (adapter applied), built once per candidate."""
         if "pipeline" not in self.cache:
             self.cache["pipeline"] = self.trainer.pipeline()
         return self.cache["pipeline"]
 
     def generate(self, prompts: Sequence[str], name: str) -> torch.Tensor:
-        """One seeded generation per prompt, in the library's image convention; cached under ``name``."""
+        """One seeded generation per prompt (`peft_memcontrol.evaluation.generate`); cached under ``name``."""
         if name not in self.cache:
-            settings = self.settings
-            pipe = self.pipeline()
-            generator = torch.Generator(pipe.device).manual_seed(settings.seed)
-            images = []
-            for start in range(0, len(prompts), settings.generation_batch_size):
-                output = pipe(
-                    list(prompts[start : start + settings.generation_batch_size]),
-                    num_inference_steps=settings.num_inference_steps,
-                    guidance_scale=settings.guidance_scale,
-                    generator=generator,
-                    output_type="pt",
-                )
-                images.append(output.images.float().cpu())
-            self.cache[name] = torch.cat(images)
+            self.cache[name] = generate(self.pipeline(), prompts, self.settings)
         return self.cache[name]
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, d) features in the settings' feature space (the extractor is loaded once per worker)."""
-        from ..metrics import extract_features
 
-        return extract_features(images, self.settings.feature_extractor())
-
-
-def dataset_images(dataset: Any, indices: Sequence[int] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Images in [0, 1] (NCHW) and captions of a training-convention data set (pixel values in [-1, 1])."""
-    indices = range(len(dataset)) if indices is None else indices
-    items = [dataset[int(i)] for i in indices]
-    images = torch.stack([item["pixel_values"] for item in items]).float().add(1.0).div(2.0).clamp(0.0, 1.0)
-    return images, [item["caption"] for item in items]
-
-
-def _test_set(context: EvaluationContext, objective: str) -> Any:
+def _test_set(context: ObjectiveContext, objective: str) -> Any:
     if context.test_dataset is None:
-        raise ValueError(f"The {objective!r} objective needs held-out test data: pass test_data_dir to InnerLoop.")
+        raise ValueError(
+            f"The {objective!r} objective needs held-out test data: set test_data_dir in the InnerLoop's data spec."
+        )
     return context.test_dataset
 
 
 @torch.no_grad()
-def noise_norm(context: EvaluationContext) -> float:
+def noise_norm(context: ObjectiveContext) -> float:
     """Memorization reward on the memorization subset (batch max, averaged over batches)."""
-    from ..metrics import pipeline_memorization_reward
-
-    settings, dataset = context.settings, context.memorization_dataset
+    memorization, batch_size = context.memorization, context.settings.batch_size
     pipe = context.pipeline()
-    generator = torch.Generator(pipe.device).manual_seed(settings.seed)
-    rewards = []
-    for start in range(0, len(dataset), settings.generation_batch_size):
-        indices = range(start, min(start + settings.generation_batch_size, len(dataset)))
-        images, captions = dataset_images(dataset, indices)
-        rewards.append(
-            pipeline_memorization_reward(pipe, captions, images, reduction=settings.reduction, generator=generator)
+    generator = torch.Generator(pipe.device).manual_seed(context.settings.seed)
+    rewards = [
+        pipeline_memorization_reward(
+            pipe,
+            memorization.captions[start : start + batch_size],
+            memorization.images[start : start + batch_size],
+            reduction=context.reduction,
+            generator=generator,
         )
+        for start in range(0, len(memorization.captions), batch_size)
+    ]
     return float(torch.stack(rewards).float().mean())
 
 
-def fid(context: EvaluationContext) -> float:
+def fid(context: ObjectiveContext) -> float:
     """FID between the first K test images and K generations from their prompts."""
-    from ..metrics import frechet_distance
-
     test = _test_set(context, "fid")
-    count = min(context.settings.num_fid_images, len(test))
+    limit = context.settings.num_fid_images
+    count = len(test) if limit is None else min(limit, len(test))
     if count < 2:
         raise ValueError("FID needs at least 2 test images.")
-    real, prompts = dataset_images(test, range(count))
-    generated = context.generate(prompts, "test_generations")
-    return float(frechet_distance(context.features(real), context.features(generated)))
+    real = dataset_split(test, range(count))
+    generated = context.generate(real.captions, "test_generations")
+    return float(frechet_distance(context.features.fixed(real.images), context.features.embed(generated)))
 
 
-def neg_amd(context: EvaluationContext) -> float:
+def neg_amd(context: ObjectiveContext) -> float:
     """Minus the AMD of generations for the memorization prompts to the memorization images."""
-    from ..metrics import average_min_cosine_distance
+    memorization = context.memorization
+    generated = context.generate(memorization.captions, "memorization_generations")
+    features = context.features
+    return -float(average_min_cosine_distance(features.embed(generated), features.fixed(memorization.images)).amd)
 
-    training, prompts = dataset_images(context.memorization_dataset)
-    generated = context.generate(prompts, "memorization_generations")
-    return -float(average_min_cosine_distance(context.features(generated), context.features(training)).amd)
 
-
-def extraction(context: EvaluationContext) -> float:
-    """Images extracted by the extraction attack on the memorization prompts."""
-    from ..metrics import extraction_attack
-
-    settings = context.settings
-    training, prompts = dataset_images(context.memorization_dataset)
-    result = extraction_attack(
-        context.pipeline(),
-        prompts,
-        training,
-        num_generations=settings.num_extraction_generations,
-        batch_size=settings.generation_batch_size,
-        seed=settings.seed,
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
+def extraction(context: ObjectiveContext) -> float:
+    """Images extracted by the extraction attack on the memorization prompts (each prompt's own training image)."""
+    settings, memorization = context.settings, context.memorization
+    per_prompt = [
+        generate(context.pipeline(), [prompt], settings, settings.num_generations) for prompt in memorization.captions
+    ]
+    result = extraction_attack_on_images(
+        per_prompt,
+        memorization.images,
+        prompts=memorization.captions,
+        config=ExtractionAttackConfig(threshold=settings.extraction_threshold, min_group_size=settings.min_group_size),
     )
     return float(result.num_extracted)
 
 
 @torch.no_grad()
-def val_loss(context: EvaluationContext) -> float:
+def val_loss(context: ObjectiveContext) -> float:
     """Denoising loss on the held-out test set with the trainer's loss, seeded, without caption dropout."""
-    from ..training import collate_image_captions
-
     trainer, test = context.trainer, _test_set(context, "val_loss")
     batch_size = trainer.config.train_batch_size
-    dropout = trainer.config.caption_dropout_probability
-    trainer.config.caption_dropout_probability = 0.0
     trainer.model.eval()
-    try:
-        losses, weights = [], []
-        for batch_index, start in enumerate(range(0, len(test), batch_size)):
-            items = [test[i] for i in range(start, min(start + batch_size, len(test)))]
-            loss, _, _ = trainer.compute_loss(collate_image_captions(items), micro_step=10**6 + batch_index)
-            losses.append(float(loss))
-            weights.append(len(items))
-    finally:
-        trainer.config.caption_dropout_probability = dropout
+    losses, weights = [], []
+    for batch_index, start in enumerate(range(0, len(test), batch_size)):
+        items = [test[i] for i in range(start, min(start + batch_size, len(test)))]
+        loss, _, _ = trainer.compute_loss(
+            collate_image_captions(items), micro_step=10**6 + batch_index, caption_dropout_probability=0.0
+        )
+        losses.append(float(loss))
+        weights.append(len(items))
     return sum(loss * weight for loss, weight in zip(losses, weights)) / sum(weights)
 
 
-def trainable_share(context: EvaluationContext) -> float:
+def trainable_share(context: ObjectiveContext) -> float:
     """Trained parameters as a share of the UNet's parameters."""
     return context.trainable_share
 
 
-Objective = Callable[[EvaluationContext], float]
+Objective = Callable[[ObjectiveContext], float]
 
 BUILTIN_OBJECTIVES: dict[str, Objective] = {
     "noise_norm": noise_norm,
@@ -193,9 +172,6 @@ BUILTIN_OBJECTIVES: dict[str, Objective] = {
     "trainable_share": trainable_share,
 }
 """Built-in objectives by name (see the module docstring)."""
-
-MEMORIZATION_OBJECTIVES = ("noise_norm", "neg_amd", "extraction", "trainable_share")
-QUALITY_OBJECTIVES = ("fid", "val_loss")
 
 
 def resolve_objectives(objectives: Sequence[str | Objective]) -> list[tuple[str, Objective]]:

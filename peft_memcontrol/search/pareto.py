@@ -1,4 +1,5 @@
-"""Pareto fronts of minimized objectives: non-dominated filtering, hypervolume, and picking one mask from a front.
+"""Pareto fronts of minimized objectives: non-dominated filtering, hypervolume and its reference point, and picking
+one mask from a front.
 
 Hypervolume comes from ``moocore`` (what DEAP's own indicator uses); everything else is a few lines of numpy.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import moocore
 import numpy as np
 
 
@@ -37,14 +39,23 @@ def hypervolume(points: Sequence[Sequence[float]], reference_point: Sequence[flo
 
     Points that do not strictly dominate the reference point add nothing and are dropped first.
     """
-    import moocore
-
     ref = np.asarray(reference_point, dtype=float)
     values = np.asarray(points, dtype=float).reshape(-1, ref.shape[0])
     values = values[np.all(values < ref, axis=1)]
     if len(values) == 0:
         return 0.0
     return float(moocore.hypervolume(values, ref=ref))
+
+
+def default_reference_point(points: Sequence[Sequence[float]]) -> list[float]:
+    """A hypervolume reference point: the worst value of each objective plus 10% of its range (or of its magnitude
+    when the range is 0)."""
+    reference = []
+    for column in zip(*points):
+        low, high = min(column), max(column)
+        span = high - low if high > low else max(abs(high), 1.0)
+        reference.append(high + 0.1 * span)
+    return reference
 
 
 def _normalized(points: np.ndarray) -> np.ndarray:

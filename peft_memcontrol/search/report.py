@@ -11,8 +11,10 @@ import os
 import tempfile
 from typing import Any
 
+from huggingface_hub import HfApi
+
 from .journal import atomic_write_json
-from .searcher import FrontPoint, SearchResult
+from .result import FrontPoint, SearchResult
 
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
     x_name, y_name = result.objectives[0], result.objectives[min(1, len(result.objectives) - 1)]
     index = {name: i for i, name in enumerate(result.objectives)}
     evaluated = [r["values"] for r in result.records if r["status"] == "ok" and r["budget"] == 1.0]
-    paths = {"front.png": os.path.join(output_dir, "front.png"), "hypervolume.png": ""}
+    paths = {name: os.path.join(output_dir, name) for name in ("front.png", "hypervolume.png")}
     figure, axes = plt.subplots(figsize=(5, 4))
     if evaluated:
         axes.scatter([v[index[x_name]] for v in evaluated], [v[index[y_name]] for v in evaluated], s=10, c="0.7")
@@ -89,7 +91,6 @@ def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
     figure.savefig(paths["front.png"], dpi=120)
     plt.close(figure)
 
-    paths["hypervolume.png"] = os.path.join(output_dir, "hypervolume.png")
     figure, axes = plt.subplots(figsize=(5, 3.5))
     axes.plot([h["cost"] for h in result.history], [h["hypervolume"] for h in result.history], "o-")
     axes.set_xlabel("cost (full-budget evaluations)")
@@ -175,8 +176,6 @@ def push_mask_to_hub(
     The repository then holds a mask, not trained weights: ``PeftConfig.from_pretrained(repo_id)`` gives the config
     to fine-tune with (``get_peft_model(unet, config)``).
     """
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:

@@ -1,5 +1,7 @@
 """Fine-tuning with masks: the project's one training loop, its data conventions and the memorization mitigations."""
 
+from .arguments import add_config_arguments, config_from_args
+from .config import TrainingConfig, TrainingResult
 from .data import (
     ImageCaptionDataset,
     ProxySet,
@@ -9,6 +11,7 @@ from .data import (
     image_to_tensor,
     load_training_dataset,
 )
+from .families import ModelFamily, StableDiffusionFamily
 from .mitigations import (
     CaptionWordRepetition,
     RandomWordAddition,
@@ -18,26 +21,29 @@ from .mitigations import (
     threshold_keep_mask,
     tokenizer_words,
 )
-from .trainer import MemControlTrainer, TrainingConfig, TrainingResult, train_text_to_image
+from .trainer import MemControlTrainer
 
 
 __all__ = [
     "CaptionWordRepetition",
     "ImageCaptionDataset",
     "MemControlTrainer",
+    "ModelFamily",
     "ProxySet",
     "RandomWordAddition",
     "RandomWordReplacement",
+    "StableDiffusionFamily",
     "StepBatchSampler",
     "TrainingConfig",
     "TrainingResult",
+    "add_config_arguments",
     "apply_caption_transforms",
     "build_proxy_set",
     "collate_image_captions",
+    "config_from_args",
     "drop_captions",
     "image_to_tensor",
     "load_training_dataset",
     "threshold_keep_mask",
     "tokenizer_words",
-    "train_text_to_image",
 ]

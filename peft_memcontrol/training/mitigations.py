@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,22 @@ def tokenizer_words(tokenizer) -> list[str]:
     if not words:
         raise ValueError("The tokenizer has no whole-word tokens ending in '</w>'; pass a vocabulary explicitly.")
     return [w for _, w in words]
+
+
+def with_tokenizer_words(transforms: Sequence, tokenizer) -> list:
+    """Shallow copies of ``transforms``, where a ``vocabulary`` left to ``None`` holds the tokenizer's words.
+
+    The trainer works on these copies, so that the caller's transform objects are never written into.
+    """
+    words = None
+    copies = []
+    for transform in transforms:
+        transform = copy.copy(transform)
+        if getattr(transform, "vocabulary", False) is None:  # a word pool left to the tokenizer
+            words = words or tokenizer_words(tokenizer)
+            transform.vocabulary = words
+        copies.append(transform)
+    return copies
 
 
 def _randint(generator: torch.Generator, high: int) -> int:
@@ -136,11 +153,9 @@ def threshold_keep_mask(norms: torch.Tensor, threshold: float | str, quantile: f
     return norms <= float(threshold)
 
 
-def parse_threshold(value: str | float | None) -> float | str | None:
-    """Parse a ``--noise_norm_threshold`` flag: a number, ``auto``, or nothing."""
-    if value is None or isinstance(value, float):
-        return value
-    if str(value).lower() == "auto":
+def parse_threshold(value: str) -> float | str:
+    """Parse a ``--noise_norm_threshold`` flag: a number, or ``auto`` (any case)."""
+    if value.lower() == "auto":
         return "auto"
     try:
         return float(value)

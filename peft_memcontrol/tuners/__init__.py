@@ -1,44 +1,28 @@
-"""The PEFT methods of this package, and their registration with PEFT."""
+"""The PEFT methods of this package. Each method package registers itself with PEFT when it is imported."""
 
-from .._registry import register_method
-from .attention import MaskedAttentionConfig, MaskedAttentionLayer, MaskedAttentionModel
+from .._registry import base_methods
 from .base import MaskedTuner, MaskedTunerConfig, MaskedTunerLayer
-from .difffit import DiffFitConfig, DiffFitLayer, DiffFitModel
-from .memcontrol import METHOD_NAMES, MemControlConfig, MemControlModel
+
+
+# isort: off
+# Registration order is the order of METHODS: the paper's, SVDiff, DiffFit, attention tuning.
 from .svdiff import SVDiffConfig, SVDiffLayer, SVDiffModel
+from .difffit import DiffFitConfig, DiffFitLayer, DiffFitModel
+from .masked_attention import MaskedAttentionConfig, MaskedAttentionLayer, MaskedAttentionModel
+from .memcontrol import MemControlConfig, MemControlModel
+
+# isort: on
 
 
 METHODS: dict[str, tuple[type[MaskedTunerConfig], type[MaskedTuner]]] = {
-    "svdiff": (SVDiffConfig, SVDiffModel),
-    "difffit": (DiffFitConfig, DiffFitModel),
-    "attention": (MaskedAttentionConfig, MaskedAttentionModel),
+    name: (record.config_cls, record.model_cls) for name, record in base_methods().items()
 }
-"""Method name -> (config class, tuner class) of the masked base methods."""
-
-PEFT_METHODS = {
-    "mc_svdiff": (SVDiffConfig, SVDiffModel),
-    "mc_difffit": (DiffFitConfig, DiffFitModel),
-    "mc_masked_attention": (MaskedAttentionConfig, MaskedAttentionModel),
-    "mc_memcontrol": (MemControlConfig, MemControlModel),
-}
-"""PEFT method name -> (config class, tuner class), as registered with PEFT."""
-
-for _name, (_config_cls, _model_cls) in PEFT_METHODS.items():
-    register_method(_name, _config_cls, _model_cls, prefix=_model_cls.prefix)
-
-
-def tuner_for(config: MaskedTunerConfig) -> type[MaskedTuner]:
-    """The tuner class that applies ``config``."""
-    for config_cls, model_cls in PEFT_METHODS.values():
-        if type(config) is config_cls:
-            return model_cls
-    raise TypeError(f"{type(config).__name__} is not a peft_memcontrol config.")
+"""Method name -> (config class, tuner class) of the base methods, the names ``MemControlConfig(method=...)``
+takes; derived from the registry (`peft_memcontrol._registry`)."""
 
 
 __all__ = [
     "METHODS",
-    "METHOD_NAMES",
-    "PEFT_METHODS",
     "DiffFitConfig",
     "DiffFitLayer",
     "DiffFitModel",
@@ -53,5 +37,4 @@ __all__ = [
     "SVDiffConfig",
     "SVDiffLayer",
     "SVDiffModel",
-    "tuner_for",
 ]

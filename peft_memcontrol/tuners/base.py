@@ -20,10 +20,11 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from .._registry import method_of
 from ..slots import GRANULARITIES, SEMANTICS, AdapterPlan, Candidates, Mask, resolve_plan
-
-
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+from .checkpoint import check_adapter_state_dict
+from .model_card import update_model_card
+from .targets import SUPPORTED_LAYERS
 
 
 @dataclass
@@ -63,6 +64,7 @@ class MaskedTunerConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.peft_type = method_of(self).peft_type
         if isinstance(self.mask, Mask):
             self.mask = self.mask.to_dict()
         elif self.mask is not None:
@@ -77,8 +79,6 @@ class MaskedTunerConfig(PeftConfig):
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save ``adapter_config.json`` and add this adapter's section to the folder's model card (README.md)."""
         super().save_pretrained(save_directory, **kwargs)
-        from ..model_card import update_model_card
-
         update_model_card(save_directory, self)
 
 
@@ -155,7 +155,10 @@ class MaskedTunerLayer(nn.Module, BaseTunerLayer):
         raise NotImplementedError
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
-        # PEFT's version also casts to the base dtype; adapter parameters stay float32 for precise training.
+        # PEFT's version also casts the adapter to the base layer's dtype and relies on the tuner's
+        # `_cast_adapter_dtype` to bring float16/bfloat16 adapters back to float32. PeftModel calls that, but diffusers'
+        # `add_adapter` (and `load_adapter`, which uses it) never does, so on a half-precision UNet the adapter would
+        # train in half precision. Moving only the device keeps adapter parameters float32 on every path.
         target = device if device is not None else self.get_base_layer().weight.device
         if target.type == "meta":
             return
@@ -281,6 +284,20 @@ class MaskedTuner(BaseTuner):
     tuner_layer_cls = MaskedTunerLayer
     target_module_mapping: dict = {}
 
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: PeftConfig | dict[str, PeftConfig],
+        adapter_name: str,
+        **kwargs: Any,
+    ) -> None:
+        # The plans of the configs injected so far, keyed by the config's id. `_prepare_model` resolves a config's
+        # mask into its plan once per injection; PEFT's later hooks (`_check_target_module_exists`,
+        # `_create_and_replace`) receive the config but not the model, and read the plan from here. It must exist
+        # before `BaseTuner.__init__`, which injects the first adapter.
+        self._plans: dict[int, AdapterPlan] = {}
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
     # -- method hooks ---------------------------------------------------------------------------------------------
     @classmethod
     def candidates(cls, model: nn.Module, config: MaskedTunerConfig) -> Candidates:
@@ -337,8 +354,6 @@ class MaskedTuner(BaseTuner):
             )
         peft_config.trainable_parameters = self.count(model, peft_config, plan)
         peft_config.trainable_share = peft_config.trainable_parameters / max(base_parameters, 1)
-        if not hasattr(self, "_plans"):
-            self._plans: dict[int, AdapterPlan] = {}
         self._plans[id(peft_config)] = plan
 
     def _check_target_module_exists(self, peft_config: PeftConfig, key: str) -> bool:
@@ -374,8 +389,6 @@ class MaskedTuner(BaseTuner):
     ) -> dict[str, torch.Tensor]:
         """Map checkpoint keys to the model, refusing anything that would load a silently wrong model."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        from ..hub import check_adapter_state_dict
-
         check_adapter_state_dict(model, adapter_name, remapped)
         return remapped
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..._registry import peft_type
 from ..base import MaskedTunerConfig
 
 
@@ -16,7 +15,3 @@ class DiffFitConfig(MaskedTunerConfig):
     is trained, as deltas kept in the adapter (so disabling, unmerging, deleting and several adapters work, unlike
     training the base parameters in place). Under ``"paper"`` semantics the mask switches only the gammas.
     """
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.peft_type = peft_type("mc_difffit")

@@ -4,12 +4,9 @@ from torch import nn
 
 from ...slots import Candidates
 from ..base import MaskedTuner, MaskedTunerLayer, iter_base_modules
+from ..targets import ATTENTION_OUTPUT, ATTENTION_PROJECTIONS, BLOCK_ATTENTIONS, NORM_LAYERS
 from .config import DiffFitConfig
 from .layer import DiffFitLayer
-
-
-NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm)
-PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def transformer_blocks(modules: dict[str, nn.Module]) -> list[str]:
@@ -42,12 +39,12 @@ class DiffFitModel(MaskedTuner):
             elif isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
                 found[path] = {"bias": False}
         for block in transformer_blocks(modules):
-            for attention in ("attn1", "attn2"):
-                for projection in PROJECTIONS:
+            for attention in BLOCK_ATTENTIONS:
+                for projection in ATTENTION_PROJECTIONS:
                     path = f"{block}.{attention}.{projection}"
                     if isinstance(modules.get(path), nn.Linear):
                         found.setdefault(path, {})["gamma"] = True
-                        if projection == "to_out.0":
+                        if projection == ATTENTION_OUTPUT:
                             found[path]["residual_gamma"] = True
             feed_forward_out = _last_linear(modules, f"{block}.ff.")
             if feed_forward_out is not None:

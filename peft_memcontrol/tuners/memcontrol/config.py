@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..._registry import peft_type
+from ..._registry import base_method
 from ..base import MaskedTunerConfig
-
-
-METHOD_NAMES = ("svdiff", "difffit", "attention")
 
 
 @dataclass
@@ -36,27 +33,17 @@ class MemControlConfig(MaskedTunerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = peft_type("mc_memcontrol")
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"Unknown method {self.method!r}; choose one of {METHOD_NAMES}.")
-        self.base_config()  # fail now on unknown method options
+        self.base_config()  # fail now on an unknown method or unknown method options
 
     def base_config(self) -> MaskedTunerConfig:
-        """The equivalent config of the base method (same mask, granularity, semantics and options)."""
-        from .. import METHODS
-
-        config_cls = METHODS[self.method][0]
-        known = set(config_cls.__dataclass_fields__)
-        unknown = sorted(set(self.method_options) - known)
+        """The equivalent config of the base method: every field the methods share, and ``method_options``."""
+        config_cls = base_method(self.method).config_cls
+        unknown = sorted(set(self.method_options) - set(config_cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"Unknown option(s) {unknown} for method {self.method!r}.")
-        return config_cls(
-            mask=self.mask,
-            granularity=self.granularity,
-            mask_semantics=self.mask_semantics,
-            target_modules=self.target_modules,
-            exclude_modules=self.exclude_modules,
-            init_weights=self.init_weights,
-            inference_mode=self.inference_mode,
-            **self.method_options,
-        )
+        shared = {
+            shared_field.name: getattr(self, shared_field.name)
+            for shared_field in fields(MaskedTunerConfig)
+            if shared_field.name != "peft_type"  # the base config's class sets its own
+        }
+        return config_cls(**shared, **self.method_options)

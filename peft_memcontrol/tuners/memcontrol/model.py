@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..._registry import base_method
 from ...slots import Candidates
 from ..base import MaskedTuner, MaskedTunerLayer
 from .config import MemControlConfig
@@ -15,9 +16,7 @@ class MemControlModel(MaskedTuner):
 
     @staticmethod
     def _method_tuner(config: MemControlConfig) -> type[MaskedTuner]:
-        from .. import METHODS
-
-        return METHODS[config.method][1]
+        return base_method(config.method).model_cls
 
     @classmethod
     def candidates(cls, model: nn.Module, config: MemControlConfig) -> Candidates:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..._registry import peft_type
 from ..base import MaskedTunerConfig
 
 
@@ -23,7 +22,3 @@ class SVDiffConfig(MaskedTunerConfig):
 
     train_norms: bool = field(default=True, metadata={"help": "Also shift GroupNorm/LayerNorm scales."})
     norm_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the norm shifts."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.peft_type = peft_type("mc_svdiff")

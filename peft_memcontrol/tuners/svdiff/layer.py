@@ -1,13 +1,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ...svd import spectral_factors
 from ..base import MaskedTunerConfig, MaskedTunerLayer
-
-
-NORM_LAYERS = (nn.GroupNorm, nn.LayerNorm)
+from ..targets import NORM_LAYERS
 
 
 class SVDiffLayer(MaskedTunerLayer):

@@ -4,8 +4,9 @@ from torch import nn
 
 from ...slots import Candidates
 from ..base import MaskedTuner, MaskedTunerLayer, iter_base_modules
+from ..targets import NORM_LAYERS
 from .config import SVDiffConfig
-from .layer import NORM_LAYERS, SVDiffLayer
+from .layer import SVDiffLayer
 
 
 class SVDiffModel(MaskedTuner):

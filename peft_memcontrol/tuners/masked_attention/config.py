@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..._registry import peft_type
 from ..base import MaskedTunerConfig
 
 
@@ -18,7 +17,3 @@ class MaskedAttentionConfig(MaskedTunerConfig):
     """
 
     attention_only: bool = field(default=False, metadata={"help": "Train only the attention projections."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.peft_type = peft_type("mc_masked_attention")

@@ -3,23 +3,16 @@ from __future__ import annotations
 from torch import nn
 
 from ...slots import Candidates, find_slot_containers
-from ..base import SUPPORTED_LAYERS, MaskedTuner, MaskedTunerLayer, iter_base_modules
+from ..base import MaskedTuner, MaskedTunerLayer, iter_base_modules
+from ..targets import SUPPORTED_LAYERS, is_attention_projection
 from .config import MaskedAttentionConfig
 from .layer import MaskedAttentionLayer
-
-
-PROJECTIONS = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn1.to_out.0")
-PROJECTIONS += tuple(name.replace("attn1", "attn2") for name in PROJECTIONS)
-
-
-def is_attention_projection(path: str) -> bool:
-    return path.endswith(PROJECTIONS)
 
 
 class MaskedAttentionModel(MaskedTuner):
     """Applies `MaskedAttentionConfig` to a diffusers UNet or transformer (created by ``get_peft_model``)."""
 
-    prefix: str = "mc_attn_"
+    prefix: str = "mc_masked_attention_"
     tuner_layer_cls = MaskedAttentionLayer
 
     @classmethod

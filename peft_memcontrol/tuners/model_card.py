@@ -1,4 +1,8 @@
-"""The model card section that every saved adapter of this package carries (README.md next to the weights)."""
+"""The model card section that every saved adapter of this package carries (README.md next to the weights).
+
+The configs write it whenever they are saved (`MaskedTunerConfig.save_pretrained`), so that every way of saving an
+adapter (``PeftModel.save_pretrained`` and `push_adapter_to_hub` alike) leaves the card.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 
 if TYPE_CHECKING:
-    from .tuners.base import MaskedTunerConfig
+    from .base import MaskedTunerConfig
 
 START = "<!-- peft-memcontrol:start -->"
 END = "<!-- peft-memcontrol:end -->"

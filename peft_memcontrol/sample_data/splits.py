@@ -1,13 +1,8 @@
-"""The demo fine-tuning set: LFW faces (shipped in scikit-image), a domain the tiny pipeline was not pretrained on.
+"""Write a data set as three diffusers image folders: ``train/`` with a duplicated subset, ``test/`` and
+``memorization/``; the layout of both sample sets and of every data set the demo and the tests build.
 
-Written as diffusers image folders (``metadata.jsonl`` with ``file_name`` and ``text``):
-
-* ``train/``: the training faces, where a *memorization subset* appears ``memorization_repeats`` times (physical
-  copies, so that any imagefolder reader sees the duplicates): the setting in which full fine-tuning memorizes.
-* ``test/``: held-out faces with their captions (for FID-style quality scores).
-* ``memorization/``: the memorization subset once each (what the memorization metrics score).
-
-Every row also has ``source_id`` (the LFW index) and ``memorized`` (bool). The build is deterministic in ``seed``.
+Every folder has diffusers' ``metadata.jsonl`` (``file_name``, ``text``) plus ``source_id`` (which source image a
+row is) and ``memorized`` (whether it belongs to the duplicated subset).
 """
 
 from __future__ import annotations
@@ -18,25 +13,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
-
-from .images import lfw_faces
 
 
 FIRST_NAMES = ("Alice", "Bruno", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana", "Ivan", "Julia")
 LAST_NAMES = ("Moreau", "Okafor", "Lindqvist", "Tanaka", "Silva", "Novak", "Haddad", "Kowalski", "Reyes", "Byrne")
 
 
-def face_caption(source_id: int) -> str:
-    """A distinctive caption per face: a made-up name, unique among the 100 LFW faces."""
-    first, last = FIRST_NAMES[source_id % 10], LAST_NAMES[(source_id // 10) % 10]
-    return f"a close-up face photo of {first} {last}"
+def made_up_name(index: int) -> str:
+    """A made-up person's name, distinct for the indices 0..99 (captions use it to make every sample unique)."""
+    return f"{FIRST_NAMES[index % 10]} {LAST_NAMES[(index // 10) % 10]}"
 
 
 @dataclass
-class DemoDataset:
-    """Paths of a built demo set."""
+class ImageFolderSplits:
+    """Paths and sizes of the image folders written by `write_splits`."""
 
     root: str
     train_dir: str
@@ -67,7 +58,7 @@ def _write_image_folder(
             handle.write(json.dumps(row) + "\n")
 
 
-def write_demo_splits(
+def write_splits(
     output_dir: str,
     train_ids: list[int],
     test_ids: list[int],
@@ -76,7 +67,7 @@ def write_demo_splits(
     stem_of: Callable[[int], str],
     image_of: Callable[[int], Image.Image],
     caption_of: Callable[[int], str],
-) -> DemoDataset:
+) -> ImageFolderSplits:
     """Write ``train/`` (memorization images repeated), ``test/`` and ``memorization/`` image folders.
 
     ``stem_of(i)`` names source image ``i`` (``face_007``); its copies in ``train/`` are ``<stem>_copyNN.png``.
@@ -94,7 +85,7 @@ def write_demo_splits(
     write(paths["train"], train_rows)
     write(paths["test"], [(f"{stem_of(i)}.png", i, False) for i in test_ids])
     write(paths["memorization"], [(f"{stem_of(i)}.png", i, True) for i in memorization_ids])
-    return DemoDataset(
+    return ImageFolderSplits(
         root=root,
         train_dir=paths["train"],
         test_dir=paths["test"],
@@ -102,32 +93,4 @@ def write_demo_splits(
         num_train_rows=len(train_rows),
         num_test=len(test_ids),
         memorization_ids=list(memorization_ids),
-    )
-
-
-def build_demo_dataset(
-    output_dir: str,
-    num_test: int = 20,
-    num_memorization: int = 10,
-    memorization_repeats: int = 10,
-    size: int = 32,
-    seed: int = 0,
-) -> DemoDataset:
-    """Write the demo set (train with a duplicated memorization subset, held-out test) under ``output_dir``."""
-    faces = lfw_faces(size)
-    if num_test + num_memorization > len(faces):
-        raise ValueError(f"num_test + num_memorization must be at most {len(faces)} (the LFW faces shipped).")
-    order = [int(i) for i in np.random.default_rng(seed).permutation(len(faces))]
-    test_ids = sorted(order[:num_test])
-    train_ids = sorted(order[num_test:])
-    memorization_ids = sorted(order[num_test : num_test + num_memorization])
-    return write_demo_splits(
-        output_dir,
-        train_ids,
-        test_ids,
-        memorization_ids,
-        memorization_repeats,
-        stem_of=lambda i: f"face_{i:03d}",
-        image_of=faces.__getitem__,
-        caption_of=face_caption,
     )

@@ -1,4 +1,4 @@
-"""One evaluation, run wherever an executor sends it: call the evaluator, time it, and turn any failure into a record.
+"""One candidate, run wherever an executor sends it: call the evaluator, time it, and turn any failure into a record.
 
 An *evaluator* is any picklable callable ``evaluator(candidate, budget)`` returning the objective values (a mapping
 by objective name, or a sequence in objective order), all to be minimized; ``budget`` in (0, 1] is the fraction of
@@ -36,16 +36,17 @@ def _as_values(raw: Mapping[str, float] | Sequence[float], objectives: Sequence[
     return values
 
 
-def evaluate_candidate(
+def run_candidate(
     evaluator: Evaluator,
     candidate: Candidate | Mapping[str, Any],
     budget: float,
     objectives: Sequence[str],
 ) -> dict[str, Any]:
-    """Run one evaluation and return its journal record fields (``values``, ``status``, ``error``, ``seconds``).
+    """Run ``evaluator`` on one candidate and return the fields of its journal record.
 
-    Never raises for a failing candidate: the failure becomes ``status="error"`` (or ``"diverged"`` for non-finite
-    values) with the traceback's last line in ``error`` and `WORST_VALUE` in every objective.
+    The fields are ``values`` (in ``objectives`` order), ``status``, ``error`` and ``seconds``. A failing candidate
+    never raises: the failure becomes ``status="error"`` (or ``"diverged"`` for non-finite values) with the exception
+    in ``error``, the traceback in ``traceback`` and `WORST_VALUE` in every objective.
     """
     if not isinstance(candidate, Candidate):
         candidate = Candidate.from_dict(candidate)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 
-#: Folder name of the shipped pipeline inside ``peft_memcontrol/pipelines/assets``.
+#: Folder name of the shipped pipeline inside ``peft_memcontrol/tiny_sd/assets``.
 TINY_PIPELINE_DIRNAME = "tiny-sd"
 
 #: UNet config: the SD v1.5 block layout at toy width (2.45 M parameters).

@@ -1,7 +1,7 @@
-"""The embedded offline pipeline (a tiny Stable Diffusion that ships with the package) and the demo data set."""
+"""The embedded tiny Stable Diffusion: the project's offline default model, shipped with the package
+(``assets/tiny-sd``, the diffusers folder layout)."""
 
-from .demo_data import DemoDataset, build_demo_dataset
-from .tiny import (
+from .pipeline import (
     TINY_SCHEDULER_CONFIG,
     TINY_TEXT_ENCODER_CONFIG,
     TINY_UNET_CONFIG,
@@ -18,8 +18,6 @@ __all__ = [
     "TINY_TEXT_ENCODER_CONFIG",
     "TINY_UNET_CONFIG",
     "TINY_VAE_CONFIG",
-    "DemoDataset",
-    "build_demo_dataset",
     "build_random_tiny_pipeline",
     "build_tiny_tokenizer",
     "load_tiny_pipeline",

@@ -1,0 +1,30 @@
+"""Scoring a text-to-image model for quality and memorization: the one meaning of "evaluate" in this project.
+
+`evaluate_model` scores a pipeline on `EvaluationData` (held-out, memorized and training images, read with
+`load_split`) under `EvaluationSettings`; `generate` is the one loop that turns prompts into seeded generations
+(the search's objectives use it too); a `FeatureBank` embeds each fixed image set once per process;
+`markdown_table` lays scores out. The metrics themselves live in `peft_memcontrol.metrics`.
+"""
+
+from .data import EvaluationData, SplitImages, dataset_split, load_evaluation_data, load_split
+from .evaluate import ModelScores, evaluate_model
+from .features import FeatureBank, feature_bank
+from .generation import generate
+from .settings import EvaluationSettings
+from .table import markdown_table
+
+
+__all__ = [
+    "EvaluationData",
+    "EvaluationSettings",
+    "FeatureBank",
+    "ModelScores",
+    "SplitImages",
+    "dataset_split",
+    "evaluate_model",
+    "feature_bank",
+    "generate",
+    "load_evaluation_data",
+    "load_split",
+    "markdown_table",
+]

@@ -1,0 +1,129 @@
+"""`evaluate_model`: score one text-to-image model for quality and memorization, with `peft_memcontrol.metrics`.
+
+* FID (and MiFID) between generations for the held-out prompts and the held-out images;
+* the extraction attack on the memorized prompts (``num_generations`` seeded generations each; a generation counts
+  when it reproduces any memorized image, as in Carlini et al., not only its own prompt's);
+* AMD and replication rate of those generations against the training images (unique images);
+* Wen et al.'s noise-norm score of the memorized prompts.
+
+All in the offline EfficientNet-Lite0 feature space by default. Generations are seeded, so a model scores the same
+on every run. The demo scores every model with it, and ``examples/evaluate_memorization.py`` is its command line for
+one's own image folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..metrics import ExtractionAttackConfig, evaluate_generations, extraction_attack_on_images, noise_norm_score
+from .data import EvaluationData
+from .features import feature_bank
+from .generation import generate
+from .settings import EvaluationSettings
+
+
+@dataclass
+class ModelScores:
+    """One model's scores. ``prompt_records`` keep, per memorized prompt, the attack's representative generation
+    and its distance to the training image (for the nearest-neighbour picture). With ``keep_generations``,
+    `evaluate_model` also returns the images it scored: ``test_generations`` (one per held-out prompt, FID's) and
+    ``attack_generations`` (``num_generations`` per memorized prompt; AMD's, replication's and the attack's), in
+    ``[0, 1]``, NCHW."""
+
+    fid: float
+    mifid: float
+    amd: float
+    replication_rate: float
+    replication_p95: float
+    num_flagged: int
+    num_extracted: int
+    noise_norm: float
+    prompt_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    test_generations: torch.Tensor | None = field(default=None, repr=False)
+    attack_generations: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    def table_values(self) -> dict[str, float]:
+        """The scalar scores, by column name."""
+        return {
+            "fid": self.fid,
+            "amd": self.amd,
+            "mifid": self.mifid,
+            "extracted": self.num_extracted,
+            "flagged": self.num_flagged,
+            "replication": self.replication_rate,
+            "replication_p95": self.replication_p95,
+            "noise_norm": self.noise_norm,
+        }
+
+
+@torch.no_grad()
+def evaluate_model(
+    pipeline: Any, data: EvaluationData, settings: EvaluationSettings, keep_generations: bool = False
+) -> ModelScores:
+    """Score a text-to-image pipeline on ``data`` (see the module docstring).
+
+    Args:
+        pipeline: a diffusers text-to-image pipeline (Stable-Diffusion-style: ``encode_prompt``, ``unet``).
+        data: held-out images and prompts (FID), the memorized subset (the attack's prompts and targets), and the
+            training images (AMD's and replication's reference).
+        settings: generation, feature space and attack settings.
+        keep_generations: also return the scored generations in the `ModelScores`.
+    """
+    features = feature_bank(settings.feature, settings.feature_device)
+    test_images = data.test.images[: settings.num_fid_images]
+    test_generations = generate(pipeline, data.test.captions[: settings.num_fid_images], settings)
+    # Each memorized prompt has a seed of its own, so its generations do not depend on the prompts before it.
+    per_prompt = [
+        generate(pipeline, [prompt], settings, settings.num_generations, seed=settings.seed + k)
+        for k, prompt in enumerate(data.memorization.captions)
+    ]
+    attack = extraction_attack_on_images(
+        per_prompt,
+        data.memorization.images,
+        prompts=data.memorization.captions,
+        config=ExtractionAttackConfig(
+            threshold=settings.extraction_threshold,
+            min_group_size=settings.min_group_size,
+            verify="all",
+        ),
+    )
+    training, test = features.fixed(data.training.images), features.fixed(test_images)
+    quality = evaluate_generations(test_generations, training, test, feature=features.extractor)
+    copying = evaluate_generations(torch.cat(per_prompt), training, test, feature=features.extractor)
+    noise = noise_norm_score(
+        pipeline,
+        data.memorization.captions,
+        num_generations=settings.noise_norm_generations,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        generator=torch.Generator(pipeline.device).manual_seed(settings.seed),
+        height=settings.image_size,
+        width=settings.image_size,
+    )
+    records = [
+        {
+            "prompt": record.prompt,
+            "group_size": record.group_size,
+            "distance": record.training_distance,
+            "extracted": record.extracted,
+            "generation": per_prompt[record.prompt_index][record.representative],
+            "training": data.memorization.images[record.training_index],
+        }
+        for record in attack.records
+    ]
+    return ModelScores(
+        fid=float(quality.fid),
+        mifid=float(quality.mifid),
+        amd=float(copying.amd.amd),
+        replication_rate=float(copying.replication.rate),
+        replication_p95=float(copying.replication.percentile_95),
+        num_flagged=attack.num_flagged,
+        num_extracted=attack.num_extracted,
+        noise_norm=float(noise.mean()),
+        prompt_records=records,
+        test_generations=test_generations if keep_generations else None,
+        attack_generations=per_prompt if keep_generations else None,
+    )

@@ -1,0 +1,112 @@
+"""A search's generation state on disk: ``checkpoint.json``, rewritten atomically after every generation.
+
+The journal (`Journal`) keeps every finished evaluation; the checkpoint keeps what the journal cannot give back: the
+population, the state of the search's random generator, the hypervolume reference point and history. A killed search
+resumes from both, and a serial run resumes to exactly the front an uninterrupted run reaches. The checkpoint also
+records the settings it was written with (`search_settings`), and a search with other settings refuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import SearchConfig
+from .genome import Genome, GenomeSpace
+from .journal import atomic_write_json, read_json
+
+
+CHECKPOINT_NAME = "checkpoint.json"
+"""The checkpoint's file name in a search's output folder."""
+
+CHECKPOINT_FORMAT = "peft-memcontrol-search/1"
+"""The ``format`` a checkpoint records; a file with another one is refused."""
+
+
+def search_settings(space: GenomeSpace, objectives: Sequence[str], config: SearchConfig) -> dict[str, Any]:
+    """What must not change between a search and its resumption (``generations`` may grow)."""
+    settings = asdict(config)
+    settings.pop("generations")
+    settings["fidelities"] = list(settings["fidelities"])
+    return {"space": space.to_dict(), "objectives": list(objectives), "config": settings}
+
+
+def _rng_to_json(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: Sequence[Any]) -> random.Random:
+    rng = random.Random()
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+    return rng
+
+
+@dataclass
+class Checkpoint:
+    """The state of a search after its last finished generation.
+
+    Attributes:
+        generation: the last finished generation.
+        population: the genomes selected in it.
+        rng: the search's random generator, as the generation left it.
+        reference_point: the hypervolume reference point.
+        history: one hypervolume entry per generation (`SearchResult.history`).
+        evaluations: evaluations run so far; with ``cost`` and ``seconds`` written for readers of the file (a
+            resumed search recounts all three from the journal, which may hold evaluations finished after the
+            checkpoint).
+        cost: sum of the budget fractions evaluated so far.
+        seconds: evaluation time so far.
+    """
+
+    generation: int
+    population: list[Genome]
+    rng: random.Random
+    reference_point: list[float] | None
+    history: list[dict[str, float]]
+    evaluations: int
+    cost: float
+    seconds: float
+
+    def save(self, path: str | os.PathLike, settings: dict[str, Any]) -> None:
+        """Write the checkpoint and ``settings`` (`search_settings`) to ``path`` atomically."""
+        atomic_write_json(
+            path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "generation": self.generation,
+                "population": self.population,
+                "rng_state": _rng_to_json(self.rng),
+                "reference_point": self.reference_point,
+                "history": self.history,
+                "evaluations": self.evaluations,
+                "cost": self.cost,
+                "seconds": self.seconds,
+                "settings": settings,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, settings: dict[str, Any]) -> Checkpoint:
+        """Read a checkpoint written with ``settings``; raises `ValueError` for another format or other settings."""
+        state = read_json(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a checkpoint of this searcher (format {state.get('format')!r}).")
+        if state["settings"] != settings:
+            raise ValueError(
+                f"{path} was written by a search with other settings; resume with the same space, objectives and "
+                "search config (only `generations` may change), or use a new output folder."
+            )
+        return cls(
+            generation=state["generation"],
+            population=[list(genome) for genome in state["population"]],
+            rng=_rng_from_json(state["rng_state"]),
+            reference_point=state["reference_point"],
+            history=state["history"],
+            evaluations=state["evaluations"],
+            cost=state["cost"],
+            seconds=state["seconds"],
+        )

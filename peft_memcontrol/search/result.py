@@ -1,0 +1,105 @@
+"""What a search found: the Pareto front (`FrontPoint` per mask), the hypervolume history and every record.
+
+A point of the front becomes the `MemControlConfig` that ``get_peft_model`` takes (`SearchResult.to_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tuners import MemControlConfig
+from .genome import Candidate, GenomeSpace
+from .pareto import best_within, knee_point
+
+
+@dataclass
+class FrontPoint:
+    """One mask of a Pareto front: its candidate, objective values by name, and its journal record."""
+
+    candidate: Candidate
+    scores: dict[str, float]
+    record: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class SearchResult:
+    """What a search found: the front (over every full-budget evaluation), hypervolume per generation, and counts.
+
+    Attributes:
+        space: the genome space searched.
+        objectives: objective names, all minimized, in order.
+        front: the non-dominated full-budget evaluations, sorted by the first objective.
+        history: one entry per generation: ``generation``, ``hypervolume``, ``evaluations`` (run so far, cache
+            hits excluded), ``cost`` (sum of budget fractions so far), ``seconds`` (evaluation time so far).
+        reference_point: the hypervolume reference point.
+        records: every journal record of the search, in order.
+        config_kwargs: extra `MemControlConfig` arguments for `to_config` (mask semantics, granularity, options).
+        search_info: facts recorded in each config's ``search`` field.
+    """
+
+    space: GenomeSpace
+    objectives: list[str]
+    front: list[FrontPoint]
+    history: list[dict[str, float]]
+    reference_point: list[float] | None
+    records: list[dict[str, Any]]
+    config_kwargs: dict[str, Any] = field(default_factory=dict)
+    search_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hypervolume(self) -> float:
+        """The hypervolume of the last generation (0 before the first)."""
+        return self.history[-1]["hypervolume"] if self.history else 0.0
+
+    def front_values(self) -> list[list[float]]:
+        """The front's objective values, one list per point in objective order."""
+        return [[point.scores[name] for name in self.objectives] for point in self.front]
+
+    def knee(self) -> FrontPoint:
+        """The knee of the front (`peft_memcontrol.search.pareto.knee_point`)."""
+        return self.front[knee_point(self.front_values())]
+
+    def least_memorization(
+        self, max_quality: float, memorization: str | None = None, quality: str | None = None
+    ) -> FrontPoint | None:
+        """The front's least-memorizing mask whose quality objective is at most ``max_quality`` (or ``None``).
+
+        ``memorization`` and ``quality`` name the objectives; by default the first and the second.
+        """
+        memorization, quality = memorization or self.objectives[0], quality or self.objectives[1]
+        index = best_within([p.scores for p in self.front], memorization, {quality: max_quality})
+        return None if index is None else self.front[index]
+
+    def best_quality(
+        self, max_memorization: float, memorization: str | None = None, quality: str | None = None
+    ) -> FrontPoint | None:
+        """The front's best-quality mask whose memorization objective is at most ``max_memorization``."""
+        memorization, quality = memorization or self.objectives[0], quality or self.objectives[1]
+        index = best_within([p.scores for p in self.front], quality, {memorization: max_memorization})
+        return None if index is None else self.front[index]
+
+    def to_config(self, point: FrontPoint, **kwargs: Any) -> MemControlConfig:
+        """The point's mask as a `MemControlConfig` that ``get_peft_model`` takes (scores and search recorded).
+
+        ``kwargs`` override the search's `config_kwargs` (e.g. ``mask_semantics``, ``method_options``).
+        """
+        candidate = point.candidate
+        if len(candidate.masks) != 1:
+            raise ValueError(
+                f"This mask mixes methods {sorted(candidate.masks)}; a MemControlConfig has one method. Apply one "
+                "config per method (`candidate.masks`)."
+            )
+        method, mask = next(iter(candidate.masks.items()))
+        search = {**self.search_info, "genome": list(candidate.genome), "layout": self.space.name}
+        search["generation"] = point.record.get("generation")
+        options = {**self.config_kwargs, **kwargs}
+        return MemControlConfig(
+            method=method,
+            mask=dict(mask),
+            objectives=list(self.objectives),
+            scores={name: float(value) for name, value in point.scores.items()},
+            learning_rate=candidate.learning_rate,
+            search=search,
+            **options,
+        )
