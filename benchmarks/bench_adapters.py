@@ -55,7 +55,7 @@ UNETS = {
     # Stable Diffusion v1.5's UNet (859 M parameters), latents 64 x 64
     "sd15": ({}, 64, 768),
 }
-METHODS = ["full", "lora-r4", "svdiff", "difffit", "attention"]
+METHODS = ["full", "lora-r4", "svdiff", "difffit", "masked_attention"]
 
 
 def build_unet(size: str, device: str, dtype: torch.dtype):
@@ -75,7 +75,9 @@ def apply_method(unet, method: str):
         return unet
     if method == "lora-r4":
         return get_peft_model(unet, LoraConfig(r=4, lora_alpha=4, target_modules=svdiff_targets(unet)))
-    config = {"svdiff": pm.SVDiffConfig, "difffit": pm.DiffFitConfig, "attention": pm.MaskedAttentionConfig}[method]
+    config = {"svdiff": pm.SVDiffConfig, "difffit": pm.DiffFitConfig, "masked_attention": pm.MaskedAttentionConfig}[
+        method
+    ]
     return get_peft_model(unet, config())
 
 
@@ -232,7 +234,7 @@ def main() -> None:
             "| method | base s | merged s | merged / base |",
             "|---|---:|---:|---:|",
         ]
-        for method in ("svdiff", "difffit", "attention"):
+        for method in ("svdiff", "difffit", "masked_attention"):
             row = subprocess_case(
                 args,
                 case="infer",

@@ -59,7 +59,7 @@ from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_tra
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("svdiff", "difffit", "attention")
+METHODS = ("svdiff", "difffit", "masked_attention")
 
 
 def check_adapters(device: str, quick: bool) -> str:

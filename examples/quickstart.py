@@ -54,7 +54,7 @@ def main() -> None:
     configs = {
         "SVDiff": pm.SVDiffConfig(),
         "DiffFit": pm.DiffFitConfig(),
-        "attention tuning": pm.MaskedAttentionConfig(attention_only=True),
+        "masked attention tuning": pm.MaskedAttentionConfig(attention_only=True),
         "MemControl (searched SVDiff mask)": pm.MemControlConfig(method="svdiff", mask=searched_mask),
     }
 
@@ -92,7 +92,7 @@ def main() -> None:
         for method_name, config_cls in (
             ("SVDiff", pm.SVDiffConfig),
             ("DiffFit", pm.DiffFitConfig),
-            ("attention", pm.MaskedAttentionConfig),
+            ("masked_attention", pm.MaskedAttentionConfig),
         ):
             on = pm.trainable_share(unet, config_cls())
             off = pm.trainable_share(unet, config_cls(mask=pm.Mask.all_off(units)))

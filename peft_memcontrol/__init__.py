@@ -4,8 +4,7 @@ Importing this package registers its methods with PEFT, so that ``get_peft_model
 and ``PeftModel.from_pretrained`` know them.
 """
 
-__version__ = "0.1.0.dev0"
-
+from ._version import __version__ as __version__
 from .counting import (
     SD15_UNET_CONFIG,
     SDXL_UNET_CONFIG,

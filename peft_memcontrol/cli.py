@@ -37,7 +37,7 @@ from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, Trai
 from .search.report import push_mask_to_hub, write_search_outputs
 from .tiny_sd import tiny_pipeline_path
 from .training import TrainingConfig
-from .tuners import MemControlConfig
+from .tuners import METHODS, MemControlConfig
 
 
 logger = logging.getLogger("memcontrol")
@@ -57,7 +57,7 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--proxy_repeats", type=int, default=50)
 
     method = parser.add_argument_group("method and genome")
-    method.add_argument("--method", choices=("svdiff", "difffit", "attention"), default="svdiff")
+    method.add_argument("--method", choices=tuple(METHODS), default="svdiff")
     method.add_argument("--mask_semantics", choices=("paper", "strict"), default="paper")
     method.add_argument("--granularity", choices=("slot", "block", "layer"), default="slot")
     method.add_argument("--no_reference_layout", action="store_true", help="All units, not the reference's 13 bits.")

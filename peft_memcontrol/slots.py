@@ -194,6 +194,16 @@ def resolve_plan(
     return AdapterPlan(modules=modules, units=units, mask=full_mask)
 
 
+def mask_value(unit: str, value: object) -> bool:
+    """``value`` as the mask bit of ``unit``: a bool, or 1/0. Anything else is refused, never converted: ``bool("false")``
+    is ``True``, and a mask that silently trains a slot the user switched off does the opposite of its purpose."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(
+        f"Mask value for {unit!r} must be true or false (JSON booleans; 1 or 0 also work), got {value!r}."
+    )
+
+
 def validate_mask(mask: Mapping[str, bool] | None, units: Sequence[str]) -> dict[str, bool]:
     """Check that ``mask`` names exactly ``units`` and return it as a plain dict (``None`` = all on)."""
     if mask is None:
@@ -209,10 +219,7 @@ def validate_mask(mask: Mapping[str, bool] | None, units: Sequence[str]) -> dict
             f"The mask gives no value for {missing}. Give every unit a value (valid units, in bit order: "
             f"{list(units)}), e.g. with `Mask.from_bits(bits, units)` or `Mask.all_on(units)`."
         )
-    for name, value in mask.items():
-        if not isinstance(value, bool) and value not in (0, 1):
-            raise ValueError(f"Mask value for {name!r} must be a bool (or 0/1), got {value!r}.")
-    return {name: bool(mask[name]) for name in units}
+    return {name: mask_value(name, mask[name]) for name in units}
 
 
 class Mask(Mapping[str, bool]):
@@ -222,7 +229,7 @@ class Mask(Mapping[str, bool]):
     """
 
     def __init__(self, values: Mapping[str, bool]):
-        self._values = {str(name): bool(value) for name, value in values.items()}
+        self._values = {str(name): mask_value(str(name), value) for name, value in values.items()}
 
     def __getitem__(self, name: str) -> bool:
         return self._values[name]
@@ -259,7 +266,7 @@ class Mask(Mapping[str, bool]):
                 f"Got {len(bits)} bits for {len(units)} units; the mask needs one bit per unit, in this order: "
                 f"{list(units)}."
             )
-        return cls({unit: bool(bit) for unit, bit in zip(units, bits)})
+        return cls(dict(zip(units, bits)))
 
     def to_bits(self, units: Sequence[str]) -> list[int]:
         """The mask as a 0/1 list in the order of ``units``."""
@@ -284,10 +291,13 @@ class Mask(Mapping[str, bool]):
     def from_json(cls, text: str) -> Mask:
         """Read a mask from JSON: a unit -> bool object, or any object with a ``"mask"`` entry (an adapter config)."""
         data = json.loads(text)
-        if isinstance(data, dict) and "mask" in data and isinstance(data["mask"], dict):
+        if isinstance(data, dict) and "mask" in data:
             data = data["mask"]  # a search result or an adapter_config.json
         if not isinstance(data, dict):
-            raise ValueError("A mask in JSON is an object mapping unit names to true/false.")
+            raise ValueError(
+                "A mask in JSON is an object mapping unit names to true/false (or a file whose \"mask\" entry is one, "
+                f"such as an adapter_config.json), got {type(data).__name__}."
+            )
         return cls(data)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -326,12 +336,13 @@ class SlotLayout:
 
     def encode(self, mask: Mapping[str, bool]) -> list[int]:
         """A mask -> bits in genome order; the mask must agree with the layout's fixed units."""
+        mask = Mask(mask)
         for unit, value in self.fixed.items():
-            if unit in mask and bool(mask[unit]) != value:
+            if unit in mask and mask[unit] != value:
                 raise ValueError(
                     f"Layout {self.name!r} holds {unit!r} at {value}, but the mask sets it to {mask[unit]}."
                 )
-        return Mask(mask).to_bits(self.genome)
+        return mask.to_bits(self.genome)
 
 
 _SD15_SLOTS = (

@@ -35,6 +35,11 @@ import time
 import zipfile
 
 import torch
+from diffusers import DDPMScheduler
+
+from peft_memcontrol.sample_data import digit_samples, photo_samples
+from peft_memcontrol.tiny_sd import build_random_tiny_pipeline, build_tiny_tokenizer, tiny_pipeline_path
+from peft_memcontrol.training import ImageCaptionDataset, MemControlTrainer, TrainingConfig, image_to_tensor
 
 
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -87,8 +92,6 @@ def build_vocab_and_merges(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
 
 def write_tokenizer(folder: str, bpe_file: str | None) -> None:
     """Stage 1: write vocab.json + merges.txt and check CLIP's ids for a known prompt."""
-    from peft_memcontrol.tiny_sd import build_tiny_tokenizer
-
     os.makedirs(folder, exist_ok=True)
     vocab, merges = build_vocab_and_merges(find_bpe_file(bpe_file))
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
@@ -105,8 +108,6 @@ def write_tokenizer(folder: str, bpe_file: str | None) -> None:
 
 def pretraining_samples(seed: int):
     """Captioned 32 x 32 pretraining images: all scikit-learn digits and scikit-image/-learn photo crops."""
-    from peft_memcontrol.sample_data import digit_samples, photo_samples
-
     return digit_samples() + photo_samples(crops_per_photo=48, seed=seed)
 
 
@@ -141,8 +142,6 @@ def pretrain_vae(vae: torch.nn.Module, images: torch.Tensor, steps: int, batch_s
 
 
 def main(argv: list[str] | None = None) -> None:
-    from peft_memcontrol.tiny_sd import tiny_pipeline_path
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=tiny_pipeline_path())
     parser.add_argument("--stage", choices=["all", "tokenizer"], default="all")
@@ -162,9 +161,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "tokenizer":
         return
 
-    from peft_memcontrol.tiny_sd import build_random_tiny_pipeline, build_tiny_tokenizer
-    from peft_memcontrol.training import ImageCaptionDataset, MemControlTrainer, TrainingConfig, image_to_tensor
-
     torch.use_deterministic_algorithms(True, warn_only=True)
     tokenizer = build_tiny_tokenizer(tokenizer_dir)
     pipe = build_random_tiny_pipeline(tokenizer, seed=args.seed)
@@ -180,8 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     scaling_factor = round(1.0 / latents.std().item(), 5)
     pipe.vae.register_to_config(scaling_factor=scaling_factor)
     print(f"vae: final mse {mse:.4f}, scaling_factor {scaling_factor}", flush=True)
-
-    from diffusers import DDPMScheduler
 
     with tempfile.TemporaryDirectory() as run_dir:
         dataset = ImageCaptionDataset([s[0] for s in samples], [s[1] for s in samples], random_flip=False)

@@ -26,10 +26,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation",),
     ("training",),
     ("metrics", "tiny_sd", "sample_data"),
-    ("hub", "model_card"),
+    ("hub",),
     ("counting", "optim"),
     ("tuners",),
-    ("slots", "svd", "latents", "_registry"),
+    ("slots", "svd", "latents", "_registry", "_version"),
 )
 """Top to bottom. Modules in one layer may import each other."""
 

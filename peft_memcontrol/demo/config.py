@@ -14,13 +14,13 @@ from typing import Any
 from ..evaluation import EvaluationSettings
 
 
-#: Learning rates per method: full fine-tuning and attention tuning move big weights, SVDiff and DiffFit small
+#: Learning rates per method: full fine-tuning and masked attention tuning move big weights, SVDiff and DiffFit small
 #: vectors that need a larger rate (the usual settings of the methods, scaled to the tiny model).
 DEFAULT_LEARNING_RATES: dict[str, float] = {
     "full": 1e-3,
     "svdiff": 1e-2,
     "difffit": 1e-2,
-    "attention": 1e-3,
+    "masked_attention": 1e-3,
 }
 
 

@@ -1,6 +1,6 @@
 """``run_demo``: the paper's experiment in miniature, on the embedded tiny pipeline, offline.
 
-1. Fine-tune the baselines on the main domain (digits by default): full fine-tuning, SVDiff, DiffFit and attention tuning (every slot on),
+1. Fine-tune the baselines on the main domain (digits by default): full fine-tuning, SVDiff, DiffFit and masked attention tuning (every slot on),
    full fine-tuning with random word addition, and with Wen et al.'s noise-norm filtering.
 2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, noise norm vs FID), fine-tune the
    knee of the front on the full training set.
@@ -62,7 +62,7 @@ def baseline_specs(config: DemoConfig) -> list[MethodSpec]:
         MethodSpec(FULL, "full", rates["full"]),
         MethodSpec("SVDiff (all slots)", SVDiffConfig(), rates["svdiff"]),
         MethodSpec("DiffFit (all slots)", DiffFitConfig(), rates["difffit"]),
-        MethodSpec("attention tuning (all slots)", MaskedAttentionConfig(), rates["attention"]),
+        MethodSpec("masked attention tuning (all slots)", MaskedAttentionConfig(), rates["masked_attention"]),
         MethodSpec("full + random word addition", "full", rates["full"], (RandomWordAddition(num_words=4),)),
         MethodSpec("full + Wen et al. filtering", "full", rates["full"], noise_norm_threshold="auto"),
     ]

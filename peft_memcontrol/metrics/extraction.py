@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
 from .images import ImageInput, prepare_images
@@ -294,8 +295,6 @@ def generate_images(
     ``generator`` is a diffusers ``DiffusionPipeline`` (called with ``output_type="pt"``, a seeded
     ``torch.Generator`` when ``seed`` is given, and ``pipeline_kwargs``) or a callable ``(prompt, n) -> images``.
     """
-    from diffusers import DiffusionPipeline
-
     is_pipeline = isinstance(generator, DiffusionPipeline)
     random = torch.Generator(generator.device).manual_seed(seed) if is_pipeline and seed is not None else None
     batches = []

@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.image.fid import NoTrainInceptionV3
+from transformers import AutoImageProcessor, AutoModel
 
 from .images import ImageInput, prepare_images
 
@@ -105,8 +107,6 @@ class InceptionFeatures(FeatureExtractor):
     def __init__(self) -> None:
         super().__init__()
         try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-
             self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
         except ModuleNotFoundError as error:
             raise ImportError(
@@ -135,8 +135,6 @@ class TransformersImageFeatures(FeatureExtractor):
 
     def __init__(self, model_name_or_path: str) -> None:
         super().__init__()
-        from transformers import AutoImageProcessor, AutoModel
-
         try:
             self.processor = AutoImageProcessor.from_pretrained(model_name_or_path, local_files_only=True)
             self.model = AutoModel.from_pretrained(model_name_or_path, local_files_only=True)

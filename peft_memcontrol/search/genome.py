@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._registry import method_of
 from ..counting import slot_units
 from ..slots import LAYOUTS, Mask, SlotLayout
 from ..tuners import METHODS
@@ -85,7 +86,7 @@ class GenomeSpace:
 
     Args:
         units: the genome's units in bit order (e.g. ``slot_units(model, config)`` or a layout's ``genome``).
-        method: the base method a bit genome switches (``"svdiff"``, ``"difffit"`` or ``"attention"``).
+        method: the base method a bit genome switches (``"svdiff"``, ``"difffit"`` or ``"masked_attention"``).
         fixed: units held at a fixed value, outside the genome (a `SlotLayout`'s ``fixed``).
         choices: ``None`` for one bit per unit; or a per-unit method choice from `METHOD_CHOICES` (``"off"`` first),
             which the reference code does not have.
@@ -138,13 +139,13 @@ class GenomeSpace:
 
         ``config`` is a method config (`SVDiffConfig`, ...) or a `MemControlConfig`; its granularity and mask
         semantics decide the units. Models whose units are exactly SD-1.5's 16 slots get the reference code's
-        layout (13 bits for SVDiff and DiffFit, 16 for attention tuning) unless ``layout=False`` is passed.
+        layout (13 bits for SVDiff and DiffFit, 16 for masked attention tuning) unless ``layout=False`` is passed.
         """
         use_layout = kwargs.pop("layout", True)
-        method = getattr(config, "method", None) or _method_of(config)
+        method = getattr(config, "method", None) or method_of(config).method
         units = slot_units(model, config)
         if use_layout and set(units) == set(LAYOUTS["sd15-reference-16"].genome) and kwargs.get("choices") is None:
-            name = "sd15-reference-16" if method == "attention" else "sd15-reference-13"
+            name = "sd15-reference-16" if method == "masked_attention" else "sd15-reference-13"
             return cls.from_layout(name, method=method, **kwargs)
         return cls(units=tuple(units), method=method, name=type(model).__name__, **kwargs)
 
@@ -287,11 +288,3 @@ class GenomeSpace:
             learning_rate_bounds=tuple(bounds) if bounds else None,
             choices=tuple(choices) if choices else None,
         )
-
-
-def _method_of(config: Any) -> str:
-    """The method name of a method config (`SVDiffConfig` -> ``"svdiff"``)."""
-    for name, (config_cls, _) in METHODS.items():
-        if type(config) is config_cls:
-            return name
-    raise TypeError(f"{type(config).__name__} is not a MemControl method config.")

@@ -22,12 +22,12 @@ import math
 import os
 import random
 from collections.abc import Callable, Sequence
-from importlib.metadata import version
 from typing import Any
 
 from deap import algorithms
 from tqdm.auto import tqdm
 
+from .._version import __version__
 from .candidate_run import WORST_VALUE, Evaluator
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, search_settings
 from .config import SearchConfig
@@ -360,6 +360,6 @@ class MaskSearcher:
                 "generations": self.generation,
                 "evaluations": self.evaluations,
                 "fidelities": list(self.config.fidelities),
-                "peft_memcontrol": version("peft-memcontrol"),
+                "peft_memcontrol": __version__,
             },
         )

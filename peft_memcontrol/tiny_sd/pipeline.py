@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 
 #: Folder name of the shipped pipeline inside ``peft_memcontrol/tiny_sd/assets``.
@@ -80,8 +82,6 @@ def load_tiny_pipeline(torch_dtype: torch.dtype = torch.float32, device: str | t
     The weights are stored in float16 to keep the package small; they are loaded as ``torch_dtype`` (float32 by
     default, which is what CPU training wants).
     """
-    from diffusers import StableDiffusionPipeline
-
     path = tiny_pipeline_path()
     if not os.path.isfile(os.path.join(path, "model_index.json")):
         raise FileNotFoundError(
@@ -95,8 +95,6 @@ def load_tiny_pipeline(torch_dtype: torch.dtype = torch.float32, device: str | t
 
 def build_tiny_tokenizer(tokenizer_dir: str):
     """Load the CLIP tokenizer from a folder holding ``vocab.json`` and ``merges.txt`` (CLIP's real BPE)."""
-    from transformers import CLIPTokenizer
-
     return CLIPTokenizer(
         vocab=os.path.join(tokenizer_dir, "vocab.json"),
         merges=os.path.join(tokenizer_dir, "merges.txt"),
@@ -111,9 +109,6 @@ def build_random_tiny_pipeline(tokenizer, seed: int = 0):
         tokenizer (CLIPTokenizer): a CLIP tokenizer (see `build_tiny_tokenizer`).
         seed: seeds the weight initialisation, so that the build is reproducible.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
     vae = AutoencoderKL(**TINY_VAE_CONFIG)

@@ -5,7 +5,7 @@ from .base import MaskedTuner, MaskedTunerConfig, MaskedTunerLayer
 
 
 # isort: off
-# Registration order is the order of METHODS: the paper's, SVDiff, DiffFit, attention tuning.
+# Registration order is the order of METHODS: the paper's, SVDiff, DiffFit, masked attention tuning.
 from .svdiff import SVDiffConfig, SVDiffLayer, SVDiffModel
 from .difffit import DiffFitConfig, DiffFitLayer, DiffFitModel
 from .masked_attention import MaskedAttentionConfig, MaskedAttentionLayer, MaskedAttentionModel

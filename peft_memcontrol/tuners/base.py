@@ -65,10 +65,8 @@ class MaskedTunerConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = method_of(self).peft_type
-        if isinstance(self.mask, Mask):
-            self.mask = self.mask.to_dict()
-        elif self.mask is not None:
-            self.mask = dict(self.mask)
+        if self.mask is not None:
+            self.mask = Mask(self.mask).to_dict()  # refuses a value that is not a bool or 1/0, such as "false"
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"Unknown granularity {self.granularity!r}; choose one of {GRANULARITIES}.")
         if self.mask_semantics not in SEMANTICS:

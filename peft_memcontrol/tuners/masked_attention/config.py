@@ -7,7 +7,7 @@ from ..base import MaskedTunerConfig
 
 @dataclass
 class MaskedAttentionConfig(MaskedTunerConfig):
-    """Attention tuning: train the attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of ``attn1``
+    """Masked attention tuning: train the attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of ``attn1``
     and ``attn2``) of the selected slots, as full-size weight (and bias) deltas that merge exactly.
 
     Args:

@@ -15,16 +15,16 @@ class MemControlConfig(MaskedTunerConfig):
     ``adapter_config.json`` records where the mask came from.
 
     Args:
-        method: the base method: ``"svdiff"`` (the paper's 0.019% masks), ``"difffit"`` or ``"attention"``.
+        method: the base method: ``"svdiff"`` (the paper's 0.019% masks), ``"difffit"`` or ``"masked_attention"``.
         method_options: options of the base method's config, e.g. ``{"train_norms": False}`` for SVDiff or
-            ``{"attention_only": True}`` for attention tuning.
+            ``{"attention_only": True}`` for masked attention tuning.
         objectives: names of the search objectives, in order (e.g. ``["noise_norm", "fid"]``).
         scores: the mask's objective values in the search (name -> value).
         learning_rate: the learning rate the search found with the mask.
         search: anything else about the search (seed, generation, layout, package version).
     """
 
-    method: str = field(default="svdiff", metadata={"help": "'svdiff', 'difffit' or 'attention'."})
+    method: str = field(default="svdiff", metadata={"help": "'svdiff', 'difffit' or 'masked_attention'."})
     method_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the base method."})
     objectives: list[str] | None = field(default=None, metadata={"help": "Search objectives, in order."})
     scores: dict[str, float] | None = field(default=None, metadata={"help": "Objective values of the mask."})
