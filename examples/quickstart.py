@@ -92,12 +92,12 @@ def main() -> None:
         for method_name, config_cls in (
             ("SVDiff", pm.SVDiffConfig),
             ("DiffFit", pm.DiffFitConfig),
-            ("masked_attention", pm.MaskedAttentionConfig),
+            ("masked attention", pm.MaskedAttentionConfig),
         ):
             on = pm.trainable_share(unet, config_cls())
             off = pm.trainable_share(unet, config_cls(mask=pm.Mask.all_off(units)))
             print(
-                f"  {label:7} {method_name:10} {len(units):2} slots: {100 * off:8.4f}% (all off) .. {100 * on:8.4f}% (all on)"
+                f"  {label:7} {method_name:16} {len(units):2} slots: {100 * off:8.4f}% (all off) .. {100 * on:8.4f}% (all on)"
             )
     print(f"\nAdapters saved under {args.output_dir}/ (adapter_config.json, adapter_model.safetensors, README.md).")
 

@@ -54,6 +54,7 @@ from peft_memcontrol.training import (
     load_training_dataset,
 )
 from peft_memcontrol.tuners import METHODS, MemControlConfig
+from peft_memcontrol.tuners.targets import ATTENTION_PROJECTIONS
 
 
 logger = logging.getLogger("train_text_to_image_memcontrol")
@@ -311,7 +312,7 @@ def build_method(args: argparse.Namespace) -> str | PeftConfig:
     if args.method == "full":
         return "full"
     if args.method == "lora":
-        return LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        return LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=list(ATTENTION_PROJECTIONS))
     mask_file = args.mask_file
     options = {}
     mask_semantics = args.mask_semantics or (mask_file.mask_semantics if mask_file else None)
