@@ -55,7 +55,7 @@ UNETS = {
     # Stable Diffusion v1.5's UNet (859 M parameters), latents 64 x 64
     "sd15": ({}, 64, 768),
 }
-METHODS = ["full", "lora-r4", "svdiff", "difffit", "masked_attention"]
+METHODS = ["full", "lora-r4", *pm.METHODS]
 
 
 def build_unet(size: str, device: str, dtype: torch.dtype):
@@ -75,10 +75,8 @@ def apply_method(unet, method: str):
         return unet
     if method == "lora-r4":
         return get_peft_model(unet, LoraConfig(r=4, lora_alpha=4, target_modules=svdiff_targets(unet)))
-    config = {"svdiff": pm.SVDiffConfig, "difffit": pm.DiffFitConfig, "masked_attention": pm.MaskedAttentionConfig}[
-        method
-    ]
-    return get_peft_model(unet, config())
+    config_cls, _ = pm.METHODS[method]
+    return get_peft_model(unet, config_cls())
 
 
 def inputs(size: str, batch: int, device: str, dtype: torch.dtype) -> dict:
@@ -234,7 +232,7 @@ def main() -> None:
             "| method | base s | merged s | merged / base |",
             "|---|---:|---:|---:|",
         ]
-        for method in ("svdiff", "difffit", "masked_attention"):
+        for method in pm.METHODS:
             row = subprocess_case(
                 args,
                 case="infer",

@@ -59,7 +59,6 @@ from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_tra
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("svdiff", "difffit", "masked_attention")
 
 
 def check_adapters(device: str, quick: bool) -> str:
@@ -82,7 +81,7 @@ def check_adapters(device: str, quick: bool) -> str:
         key: value.to(device, dtype if value.is_floating_point() else value.dtype) for key, value in inputs.items()
     }
     results = []
-    for method in METHODS:
+    for method in pm.METHODS:
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**config).to(device, dtype)
         model = get_peft_model(unet, pm.METHODS[method][0](init_weights=False))
