@@ -35,7 +35,9 @@ def bench_candidate_cost(num_candidates: int, steps: int) -> list[tuple[str, flo
     genomes = [space.decode(g) for g in space.seed_genomes()][:num_candidates]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        data = build_faces_dataset(os.path.join(folder, "data"), num_test=8, num_memorization=4, memorization_repeats=2)
+        data = build_faces_dataset(
+            os.path.join(folder, "data"), num_test=8, num_memorization=4, memorization_repeats=2
+        )
         for reuse in (True, False):
             seed = 1 if reuse else 2  # separate worker caches
             loop = InnerLoop(

@@ -27,7 +27,8 @@ from peft_memcontrol.tuners import DiffFitConfig, MaskedAttentionConfig, SVDiffC
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from training_helpers import make_trainer, synthetic_images  # noqa: E402  (the tests' helpers, on the path above)
+from helpers.images import synthetic_images  # noqa: E402  (the tests' helpers, on the path above)
+from helpers.training import make_trainer  # noqa: E402
 
 
 def method_configs() -> dict:
@@ -36,7 +37,7 @@ def method_configs() -> dict:
         "full": "full",
         "svdiff": SVDiffConfig(),
         "difffit": DiffFitConfig(),
-        "attention": MaskedAttentionConfig(),
+        "masked_attention": MaskedAttentionConfig(),
         "lora (r=4)": LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
     }
 

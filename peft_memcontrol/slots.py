@@ -295,7 +295,7 @@ class Mask(Mapping[str, bool]):
             data = data["mask"]  # a search result or an adapter_config.json
         if not isinstance(data, dict):
             raise ValueError(
-                "A mask in JSON is an object mapping unit names to true/false (or a file whose \"mask\" entry is one, "
+                'A mask in JSON is an object mapping unit names to true/false (or a file whose "mask" entry is one, '
                 f"such as an adapter_config.json), got {type(data).__name__}."
             )
         return cls(data)

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from conftest import MODELS, build_sd15_unet, run, sd15_inputs
 from peft import get_peft_model
 from safetensors.torch import load_file
 from torch import nn
@@ -15,11 +14,13 @@ import peft_memcontrol as pm
 from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 from peft_memcontrol.svd import SMALL_MATRIX, spectral_factors, weight_matrix
 
+from helpers.models import MODELS, build_sd15_unet, run, sd15_inputs
+
 
 CONFIGS = {
     "svdiff": lambda **kw: SVDiffConfig(**kw),
     "difffit": lambda **kw: DiffFitConfig(**kw),
-    "attention": lambda **kw: MaskedAttentionConfig(**kw),
+    "masked_attention": lambda **kw: MaskedAttentionConfig(**kw),
     "memcontrol": lambda **kw: MemControlConfig(method="difffit", **kw),
 }
 ADAPTER_PARAMETER = re.compile(r"\.mc_[a-z_]+\.[A-Za-z0-9_]+$")
@@ -85,7 +86,7 @@ def test_gradients_reach_only_adapters_of_selected_slots(method, semantics):
             "svdiff": True,
             "difffit": "gamma" in name,
             "memcontrol": "gamma" in name,
-            "attention": re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)\.", module_path) is not None,
+            "masked_attention": re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)\.", module_path) is not None,
         }[method]
         if semantics == "strict" or in_blocks and maskable:
             assert slot in selected, name

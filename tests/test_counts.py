@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import MODELS
 from peft import get_peft_model
 from torch import nn
 
 import peft_memcontrol as pm
 from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig, get_layout
+
+from helpers.models import MODELS
 
 
 SD15_TOTAL = 859_520_964
@@ -42,7 +43,7 @@ def independent_counts(unet: nn.Module, off_slots: list[str]) -> dict[str, int]:
             )
             if not (projection and any(name.startswith(slot + ".") for slot in off_slots)):
                 attention += sum(p.numel() for p in module.parameters(recurse=False))
-    return {"svdiff": svdiff, "difffit": difffit, "attention": attention}
+    return {"svdiff": svdiff, "difffit": difffit, "masked_attention": attention}
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +65,17 @@ def test_sd15_paper_counts_match_reference(sd15, bit):
     expected16 = independent_counts(sd15, [s for s, on in mask16.items() if not on])
     assert pm.count_trainable_parameters(sd15, SVDiffConfig(mask=mask13)) == expected13["svdiff"]
     assert pm.count_trainable_parameters(sd15, DiffFitConfig(mask=mask13)) == expected13["difffit"]
-    assert pm.count_trainable_parameters(sd15, MaskedAttentionConfig(mask=mask16)) == expected16["attention"]
+    assert pm.count_trainable_parameters(sd15, MaskedAttentionConfig(mask=mask16)) == expected16["masked_attention"]
     # the reference's published ranges (method.md): SVDiff 0.015%..0.026%, DiffFit >= 0.054%, attention 20%..31%
     shares = {
         "svdiff": round(100 * expected13["svdiff"] / SD15_TOTAL, 3),
         "difffit": round(100 * expected13["difffit"] / SD15_TOTAL, 3),
-        "attention": round(100 * expected16["attention"] / SD15_TOTAL),
+        "masked_attention": round(100 * expected16["masked_attention"] / SD15_TOTAL),
     }
     assert shares == (
-        {"svdiff": 0.015, "difffit": 0.055, "attention": 20}
+        {"svdiff": 0.015, "difffit": 0.055, "masked_attention": 20}
         if bit == 0
-        else {"svdiff": 0.026, "difffit": 0.068, "attention": 31}
+        else {"svdiff": 0.026, "difffit": 0.068, "masked_attention": 31}
     )
 
 

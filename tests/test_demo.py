@@ -19,7 +19,7 @@ METHODS = [
     "full fine-tuning",
     "SVDiff (all slots)",
     "DiffFit (all slots)",
-    "attention tuning (all slots)",
+    "masked attention tuning (all slots)",
     "full + random word addition",
     "full + Wen et al. filtering",
     "MemControl (searched mask)",

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +72,6 @@ def run_guide(path: Path, workdir: Path) -> list[tuple[str, str]]:
 @pytest.fixture
 def one_thread():
     """The guides' tiny models run much faster single-threaded on a busy CPU; restore the setting afterwards."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from training_helpers import synthetic_images
 
 import peft_memcontrol as pm
 from peft_memcontrol.evaluation import load_split
@@ -24,6 +23,8 @@ from peft_memcontrol.metrics import get_feature_extractor
 from peft_memcontrol.sample_data import build_digits_dataset
 from peft_memcontrol.tiny_sd import load_tiny_pipeline, tiny_pipeline_path
 from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
+
+from helpers.images import read_metadata, synthetic_images
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def digits(tmp_path_factory):
 
 def unique_training_images(folder: str) -> torch.Tensor:
     """Each distinct training image once, read with PIL, as [0, 1] NCHW."""
-    rows = [json.loads(line) for line in (Path(folder) / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metadata(folder)
     seen, images = set(), []
     for row in rows:
         if row["source_id"] in seen:

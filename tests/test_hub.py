@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import build_sd15_unet, build_sdxl_unet, run, sd15_inputs, sdxl_inputs
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
@@ -19,12 +18,14 @@ from safetensors.torch import load_file, save_file
 import peft_memcontrol as pm
 from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 
+from helpers.models import build_sd15_unet, build_sdxl_unet, run, sd15_inputs, sdxl_inputs
+
 
 TESTS = os.path.dirname(__file__)
 CONFIGS = {
     "svdiff": lambda: SVDiffConfig(init_weights=False),
     "difffit": lambda: DiffFitConfig(init_weights=False),
-    "attention": lambda: MaskedAttentionConfig(init_weights=False, attention_only=True),
+    "masked_attention": lambda: MaskedAttentionConfig(init_weights=False, attention_only=True),
     "memcontrol": lambda: MemControlConfig(
         method="svdiff",
         init_weights=False,
@@ -49,7 +50,7 @@ FRESH_PROCESS = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from conftest import build_sd15_unet, run, sd15_inputs
+    from helpers.models import build_sd15_unet, run, sd15_inputs
     import peft_memcontrol
     from peft import PeftModel
     model = PeftModel.from_pretrained(build_sd15_unet(), {folder!r}, is_trainable={trainable})
@@ -150,7 +151,7 @@ def test_push_to_hub_then_load_by_repo_id_offline_from_the_cache(tmp_path, monke
         f"""
         import sys, torch
         sys.path.insert(0, {TESTS!r})
-        from conftest import build_sd15_unet, run, sd15_inputs
+        from helpers.models import build_sd15_unet, run, sd15_inputs
         import peft_memcontrol
         unet = build_sd15_unet()
         peft_memcontrol.load_adapter(unet, "someone/sd15-memcontrol-mask")

@@ -14,12 +14,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from peft import PeftConfig, PeftModel
-from training_helpers import TINY_SLOTS as SLOTS
-from training_helpers import write_image_folder
 
 from peft_memcontrol.tiny_sd import load_tiny_pipeline
 from peft_memcontrol.training import TrainingConfig, config_from_args
 from peft_memcontrol.tuners import DiffFitConfig, MemControlConfig, SVDiffConfig
+
+from helpers.images import write_image_folder
+from helpers.training import TINY_SLOTS
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
     data = write_image_folder(str(tmp_path / "data"), n=8)
     out = str(tmp_path / "out")
     # Every other slot masked out: under DDP, frozen masked parts must not stall the gradient all-reduce.
-    mask = {slot: i % 2 == 0 for i, slot in enumerate(SLOTS)}
+    mask = {slot: i % 2 == 0 for i, slot in enumerate(TINY_SLOTS)}
     (tmp_path / "mask.json").write_text(json.dumps(mask))
     proc = _launch(
         ["--train_data_dir", data, "--method", "svdiff", "--mask", str(tmp_path / "mask.json")]
@@ -113,7 +114,7 @@ def test_bad_mask_file_is_a_clear_error(tmp_path):
 
 def test_method_that_disagrees_with_the_mask_file_is_refused(tmp_path):
     """A DiffFit search result cannot silently train SVDiff; --method memcontrol trains the method it records."""
-    mask = {slot: i % 2 == 0 for i, slot in enumerate(SLOTS)}
+    mask = {slot: i % 2 == 0 for i, slot in enumerate(TINY_SLOTS)}
     searched = tmp_path / "chosen"
     MemControlConfig(mask=mask, method="difffit", learning_rate=2e-4).save_pretrained(str(searched))
     adapter = tmp_path / "adapter"

@@ -1,9 +1,12 @@
 """The image convention, the feature spaces and their offline errors, and feature sharing in evaluate_generations."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from peft_memcontrol.metrics import (
     FrechetDistance,
@@ -88,12 +91,8 @@ def test_efficientnet_features_separate_a_copy_from_another_photo():
 
 
 def test_inception_without_torch_fidelity_names_what_is_missing():
-    try:
-        import torch_fidelity  # noqa: F401
-
+    if importlib.util.find_spec("torch_fidelity") is not None:
         pytest.skip("torch-fidelity is installed here")
-    except ImportError:
-        pass
     with pytest.raises(ImportError, match="torch-fidelity"):
         get_feature_extractor("inception")
 
@@ -108,8 +107,6 @@ def test_transformers_model_missing_from_cache_names_it(monkeypatch, tmp_path):
 
 
 def test_a_local_transformers_clip_model_is_a_feature_space(tmp_path):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
     torch.manual_seed(0)
     config = CLIPVisionConfig(
         hidden_size=32,

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
-from metrics_helpers import ignore_text, tiny_pipeline, tiny_unet
 
 from peft_memcontrol.metrics import (
     MemorizationReward,
@@ -15,10 +14,12 @@ from peft_memcontrol.metrics import (
     training_noise_norms,
 )
 
+from helpers.models import build_random_pipeline, build_sd15_unet, ignore_text
+
 
 @pytest.fixture(scope="module")
 def unet():
-    return tiny_unet()
+    return build_sd15_unet()
 
 
 def batch(seed=0, size=3):
@@ -42,7 +43,7 @@ def test_noise_norm_equals_two_separate_predictions(unet):
 
 
 def test_a_unet_that_ignores_text_scores_zero():
-    blind = ignore_text(tiny_unet())
+    blind = ignore_text(build_sd15_unet())
     latents, text, uncond = batch()
     assert text_conditional_noise_norm(blind, latents, torch.tensor(400), text, uncond).abs().max().item() < 1e-6
     reward = memorization_reward(blind, DDPMScheduler(), latents, text, uncond)
@@ -88,7 +89,7 @@ def test_sampling_noise_norm_equals_a_hand_written_loop(unet):
 
 def test_pipeline_conveniences_are_zero_for_a_text_blind_pipeline_and_positive_otherwise():
     prompts, images = ["a cat", "a dog"], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    blind, seeing = tiny_pipeline(text_blind=True), tiny_pipeline()
+    blind, seeing = build_random_pipeline(text_blind=True), build_random_pipeline()
     options = {"num_generations": 2, "num_steps": 2, "num_inference_steps": 5}
     assert noise_norm_score(blind, prompts, **options).abs().max().item() < 1e-6
     scores = noise_norm_score(seeing, prompts, **options)
@@ -99,7 +100,7 @@ def test_pipeline_conveniences_are_zero_for_a_text_blind_pipeline_and_positive_o
 
 def test_noise_norm_score_starts_from_latents_of_the_requested_image_size():
     """At height x width pixels the score is the detector on (height / f) x (width / f) latents, f the VAE factor."""
-    pipeline = tiny_pipeline()
+    pipeline = build_random_pipeline()
     factor = pipeline.vae_scale_factor
     height, width = 16 * factor, 8 * factor  # the tiny UNet's native latents are 16 x 16
     scores = noise_norm_score(
@@ -129,7 +130,7 @@ def test_noise_norm_score_starts_from_latents_of_the_requested_image_size():
 
 def test_pipeline_reward_scores_the_posterior_mean_shifted_and_scaled():
     """The reward encodes images one way with the trainer (`encode_latents`), taking the mode: no random draw."""
-    pipeline = tiny_pipeline()
+    pipeline = build_random_pipeline()
     pipeline.vae.register_to_config(shift_factor=0.5)
     prompts, images = ["a cat", "a dog"], torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     reward = pipeline_memorization_reward(pipeline, prompts, images, generator=torch.Generator().manual_seed(1))

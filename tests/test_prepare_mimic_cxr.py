@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from transformers import AutoTokenizer
+
+from peft_memcontrol.tiny_sd import tiny_pipeline_path
+from peft_memcontrol.training import load_training_dataset
+
+from helpers.images import read_metadata
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,22 +180,13 @@ def mimic_tree(tmp_path_factory) -> Path:
     return root
 
 
-def read_rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
-
-
 def test_patient_split_frontal_prompts_and_images(mimic_tree, tmp_path):
-    from transformers import AutoTokenizer
-
-    from peft_memcontrol.tiny_sd import tiny_pipeline_path
-    from peft_memcontrol.training import load_training_dataset
-
     out = tmp_path / "prepared"
     result = prep.prepare_mimic_cxr(
         str(mimic_tree), str(out), resolution=RESOLUTION, test_fraction=0.3, seed=1, progress=False
     )
     expected = expected_images()
-    train, test = read_rows(out / "train"), read_rows(out / "test")
+    train, test = read_metadata(out / "train"), read_metadata(out / "test")
 
     # frontal-only, every usable image kept once, nothing else
     assert sorted(row["source_id"] for row in train + test) == sorted(expected)
@@ -251,7 +248,7 @@ def test_cli_official_split_subsets_and_overwrite(mimic_tree, tmp_path):
 
     expected = expected_images()
     want = {split: sorted(d for d, e in expected.items() if e["split"] == split) for split in ("train", "test")}
-    train, test = read_rows(out / "train"), read_rows(out / "test")
+    train, test = read_metadata(out / "train"), read_metadata(out / "test")
     assert sorted(r["source_id"] for r in train) == want["train"]
     assert sorted(r["source_id"] for r in test) == want["test"]
     validate = sum(1 for e in expected.values() if e["split"] == "validate")
@@ -267,7 +264,7 @@ def test_cli_official_split_subsets_and_overwrite(mimic_tree, tmp_path):
         timeout=120,
     )  # fmt: skip
     assert subset.returncode == 0, subset.stderr
-    train = read_rows(out / "train")
+    train = read_metadata(out / "train")
     assert len(train) == 2 and {r["source_id"] for r in train} <= set(want["train"])
     assert len(list((out / "train").glob("*.png"))) == 2  # the previous run's images are gone
     assert f"max_samples {len(want['train']) - 2}" in subset.stdout

@@ -87,16 +87,18 @@ def test_every_list_of_methods_comes_from_the_registry():
         "mc_masked_attention",
         "mc_memcontrol",
     ]
-    assert tuple(METHODS) == tuple(base_methods()) == ("svdiff", "difffit", "attention")
+    assert tuple(METHODS) == tuple(base_methods()) == ("svdiff", "difffit", "masked_attention")
     assert {name: (record.config_cls, record.model_cls) for name, record in base_methods().items()} == METHODS
     assert peft_memcontrol.METHODS is METHODS
-    assert base_method("attention").model_cls is MaskedAttentionModel
-    assert base_method("attention").prefix == "mc_masked_attention_"
+    assert base_method("masked_attention").model_cls is MaskedAttentionModel
+    assert base_method("masked_attention").prefix == "mc_masked_attention_"
     assert method_of(MemControlConfig()).model_cls is MemControlModel
 
 
 def test_an_unknown_method_name_lists_the_registered_ones():
-    with pytest.raises(ValueError, match=r"Unknown method 'lora'; choose one of \('svdiff', 'difffit', 'attention'\)"):
+    with pytest.raises(
+        ValueError, match=r"Unknown method 'lora'; choose one of \('svdiff', 'difffit', 'masked_attention'\)"
+    ):
         MemControlConfig(method="lora")
     with pytest.raises(TypeError, match="not a peft_memcontrol config"):
         MaskedTunerConfig()
@@ -185,7 +187,7 @@ def test_reload_in_a_fresh_process():
         "importlib.reload(t); importlib.reload(peft_memcontrol)\n"
         "assert len(PeftType) == n\n"
         f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from conftest import build_sd15_unet\n"
+        "from helpers.models import build_sd15_unet\n"
         "get_peft_model(build_sd15_unet(), t.SVDiffConfig())\n"
         "print('ok')\n"
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_dit, build_sd15_unet, build_sdxl_unet
 
 import peft_memcontrol as pm
 from peft_memcontrol import Mask, SVDiffConfig, get_layout, slot_units
+
+from helpers.models import build_dit, build_sd15_unet, build_sdxl_unet
 
 
 SD15_SLOTS = (

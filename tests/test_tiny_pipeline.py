@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+from peft_memcontrol.sample_data import build_faces_dataset, digit_samples
 from peft_memcontrol.tiny_sd import load_tiny_pipeline, tiny_pipeline_path
+from peft_memcontrol.training import image_to_tensor, load_training_dataset
+
+from helpers.images import read_metadata
+from helpers.models import build_sd15_unet
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +26,6 @@ def pipe():
 
 
 def test_loads_through_stable_diffusion_pipeline_offline(monkeypatch):
-    from diffusers import StableDiffusionPipeline
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = StableDiffusionPipeline.from_pretrained(tiny_pipeline_path())
     assert loaded.safety_checker is None
@@ -42,8 +49,6 @@ def test_known_prompts_give_clip_ids(pipe):
 
 
 def test_sd15_layout_and_size(pipe):
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-
     slots = [name for name, module in pipe.unet.named_modules() if isinstance(module, Transformer2DModel)]
     assert len(slots) == 16
     assert sum(s.startswith("down_blocks") for s in slots) == 6
@@ -75,12 +80,6 @@ def test_generates_32px_images(pipe):
 @pytest.mark.slow
 def test_pretrained_unet_beats_random_init(pipe):
     """The shipped UNet denoises its pretraining domain far better than the same net with seeded random weights."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    from peft_memcontrol.sample_data import digit_samples
-    from peft_memcontrol.tiny_sd import TINY_UNET_CONFIG
-    from peft_memcontrol.training import image_to_tensor
-
     samples = digit_samples()[:32]
     images = torch.stack([image_to_tensor(image, None) for image, _ in samples])
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -92,8 +91,7 @@ def test_pretrained_unet_beats_random_init(pipe):
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(100, 900, (len(samples),), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        torch.manual_seed(0)
-        random_unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        random_unet = build_sd15_unet(seed=0)
         trained = torch.nn.functional.mse_loss(pipe.unet(noisy, timesteps, text).sample, noise).item()
         untrained = torch.nn.functional.mse_loss(random_unet(noisy, timesteps, text).sample, noise).item()
         recon = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
@@ -101,15 +99,7 @@ def test_pretrained_unet_beats_random_init(pipe):
     assert torch.nn.functional.mse_loss(recon, images).item() < 0.03  # the VAE reconstructs
 
 
-def _read_jsonl(folder: str) -> list[dict]:
-    with open(os.path.join(folder, "metadata.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
-    from peft_memcontrol.sample_data import build_faces_dataset
-    from peft_memcontrol.training import load_training_dataset
-
     demo = build_faces_dataset(str(tmp_path / "a"), num_test=20, num_memorization=10, memorization_repeats=10)
     again = build_faces_dataset(str(tmp_path / "b"), num_test=20, num_memorization=10, memorization_repeats=10)
     for split in ("train", "test", "memorization"):
@@ -118,7 +108,7 @@ def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
             open(os.path.join(again.root, split, "metadata.jsonl")) as g,
         ):
             assert f.read() == g.read()
-    rows, test_rows = _read_jsonl(demo.train_dir), _read_jsonl(demo.test_dir)
+    rows, test_rows = read_metadata(demo.train_dir), read_metadata(demo.test_dir)
     assert len(rows) == demo.num_train_rows == 70 + 10 * 10
     assert len(test_rows) == 20
     assert sum(r["memorized"] for r in rows) == 100
@@ -131,9 +121,6 @@ def test_demo_dataset_is_deterministic_with_exact_counts(tmp_path):
 
 def test_build_script_vocabulary_matches_shipped_files():
     """The build script's vocabulary rule, fed the shipped merges, reproduces the shipped vocab.json exactly."""
-    import gzip
-    import importlib.util
-
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(
         "build_tiny_pipeline", os.path.join(repo, "scripts", "build_tiny_pipeline.py")

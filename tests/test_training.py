@@ -8,13 +8,6 @@ import os
 
 import pytest
 import torch
-from training_helpers import (
-    TINY_SLOTS,
-    make_trainer,
-    optimizer_state_tensors,
-    synthetic_images,
-    write_image_folder,
-)
 
 from peft_memcontrol.latents import encode_latents
 from peft_memcontrol.tiny_sd import load_tiny_pipeline
@@ -33,6 +26,9 @@ from peft_memcontrol.training import (
 )
 from peft_memcontrol.training.data import mix_seed
 from peft_memcontrol.tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
+
+from helpers.images import synthetic_images, write_image_folder
+from helpers.training import TINY_SLOTS, make_trainer, optimizer_state_tensors
 
 
 # ---------------------------------------------------------------- data
@@ -345,11 +341,11 @@ def test_v_prediction_snr_accumulation_checkpointing_bf16(folder_dataset, tmp_pa
     assert trainer.family.vae.dtype == trainer.family.text_encoder.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("method", ["attention", "memcontrol"])
+@pytest.mark.parametrize("method", ["masked_attention", "memcontrol"])
 def test_adapter_trains_and_only_its_parameters_change(folder_dataset, tmp_path, method):
     """One step with masked attention (its backward once crashed on channels-last latents) and a MemControl mask."""
     mask = {slot: i % 2 == 0 for i, slot in enumerate(TINY_SLOTS)}
-    config = MaskedAttentionConfig() if method == "attention" else MemControlConfig(mask=mask, method="svdiff")
+    config = MaskedAttentionConfig() if method == "masked_attention" else MemControlConfig(mask=mask, method="svdiff")
     trainer = make_trainer(folder_dataset, config, str(tmp_path), max_train_steps=1)
     model = trainer.unwrapped_model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
