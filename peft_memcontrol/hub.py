@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from peft import PeftConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import AuxiliaryTrainingWrapper, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -157,12 +157,35 @@ def load_adapter(
     except Exception:
         _remove_adapter(model, adapter_name, had_adapters)
         raise
-    # diffusers' add_adapter activates the adapter as trainable; honour is_trainable. Adapter parameters live in
-    # containers keyed by the adapter's name ("....mc_svdiff_spectral_shift.default", "....lora_A.default.weight").
-    for name, parameter in model.named_parameters():
-        if f".{adapter_name}." in f"{name}.":
-            parameter.requires_grad_(is_trainable)
+    # diffusers' add_adapter activates the adapter as trainable; honour is_trainable on the adapter's own parameters
+    # only (a test on parameter names would also pick base parameters: "0" matches "down_blocks.0.resnets.0.conv1").
+    for parameter in _adapter_parameters(model, adapter_name):
+        parameter.requires_grad_(is_trainable)
     return model
+
+
+def _adapter_parameters(model: nn.Module, adapter_name: str) -> list[nn.Parameter]:
+    """The parameters that belong to adapter ``adapter_name`` on ``model``, and nothing else.
+
+    Every PEFT adapter layer (`BaseTunerLayer`) and auxiliary wrapper (``modules_to_save``) keeps its adapters'
+    parameters in containers keyed by adapter name, named in its ``adapter_layer_names``
+    (``mc_svdiff_spectral_shift``, ``lora_A``, ...). Reading those containers finds exactly the adapter's parameters
+    whatever its name, where matching parameter names cannot.
+    """
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if not isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            continue
+        for container_name in module.adapter_layer_names:
+            container = module
+            for attribute in container_name.split("."):  # TrainableTokensWrapper names "token_adapter.<container>"
+                container = getattr(container, attribute, None)
+            if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)) or adapter_name not in container:
+                continue
+            entry = container[adapter_name]
+            for parameter in [entry] if isinstance(entry, nn.Parameter) else entry.parameters():
+                found[id(parameter)] = parameter
+    return list(found.values())
 
 
 def _remove_adapter(model: nn.Module, adapter_name: str, had_adapters: bool) -> None:

@@ -2,16 +2,17 @@
 
 Every layer of this package adapts a wrapped ``Linear``, ``Conv2d``, ``GroupNorm`` or ``LayerNorm`` by computing
 *adapted parameters* (weight, bias) from the base ones and running the base layer's own operation with them. That one
-design gives every method exact merging (write the adapted parameters into the base layer), exact unmerging (restore
-the saved originals), several adapters (applied in turn), adapter weights for diffusers' ``set_adapters`` (each
-method scales its change) and float32 adapter math on fp16/bf16 models.
+design gives every method exact merging (write the adapted parameters into the base layer), exact unmerging that
+composes with other adapters merged into the same weights (take back only our change; the originals come back
+bit-exactly when nothing else merged), several adapters (applied in turn), adapter weights for diffusers'
+``set_adapters`` (each method scales its change) and float32 adapter math on fp16/bf16 models.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -64,6 +65,7 @@ class MaskedTunerConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_booleans()
         self.peft_type = method_of(self).peft_type
         if self.mask is not None:
             self.mask = Mask(self.mask).to_dict()  # refuses a value that is not a bool or 1/0, such as "false"
@@ -73,6 +75,22 @@ class MaskedTunerConfig(PeftConfig):
             raise ValueError(f"Unknown mask_semantics {self.mask_semantics!r}; choose one of {SEMANTICS}.")
         if isinstance(self.target_modules, set):
             self.target_modules = sorted(self.target_modules)
+
+    def _check_booleans(self) -> None:
+        """Refuse a field typed ``bool`` that holds anything else.
+
+        A hand-edited ``adapter_config.json`` with ``"train_norms": "false"`` would otherwise be read as on
+        (``bool("false")`` is true), and ``0``/``1`` or ``null`` would pass unnoticed.
+        """
+        for config_field in fields(self):
+            if config_field.type not in ("bool", bool):
+                continue
+            value = getattr(self, config_field.name)
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"{type(self).__name__}.{config_field.name} must be a bool, got {value!r} "
+                    f"({type(value).__name__}); write true or false (JSON) or True or False (Python)."
+                )
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save ``adapter_config.json`` and add this adapter's section to the folder's model card (README.md)."""
@@ -106,6 +124,16 @@ def _matches(patterns: list[str] | str | None, path: str) -> bool:
     if isinstance(patterns, str):
         return re.fullmatch(patterns, path) is not None
     return any(path == pattern or path.endswith("." + pattern) for pattern in patterns)
+
+
+def _restore(original: torch.Tensor, current: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """``original + (current - merged)``, computed in float32 and returned in ``original``'s dtype.
+
+    Where nothing changed the merged value (``current == merged``) the original comes back bit-exactly (signed zeros
+    included); elsewhere it comes back with whatever other adapters merged after ours.
+    """
+    composed = (original.float() + (current.detach().float() - merged.float())).to(original.dtype)
+    return torch.where(current == merged, original, composed)
 
 
 class MaskedTunerLayer(nn.Module, BaseTunerLayer):
@@ -233,41 +261,60 @@ class MaskedTunerLayer(nn.Module, BaseTunerLayer):
 
     # -- merging --------------------------------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Write the adapted parameters into the base layer; the originals are kept for an exact `unmerge`."""
+        """Write the adapted parameters into the base layer, computed from its current parameters.
+
+        The current parameters are kept (as the originals) so that `unmerge` can give them back. They may already hold
+        another adapter's merged change (a LoRA merged before ours); ours is then applied on top of it, so that merges
+        compose in any order. Merging more of our adapters later first takes back the ones merged so far.
+        """
         adapter_names = check_adapters_to_merge(self, adapter_names)
         adapter_names = [name for name in adapter_names if name in self.mc_components]
         if not adapter_names:
             return
         base = self.get_base_layer()
-        if self._originals is None:
-            self._originals = (
-                base.weight.detach().clone(),
-                None if base.bias is None else base.bias.detach().clone(),
-            )
+        merged_before = list(self.merged_adapters)
+        if merged_before:
+            self.unmerge()
+        self._originals = (
+            base.weight.detach().clone(),
+            None if base.bias is None else base.bias.detach().clone(),
+        )
         with torch.no_grad():
-            weight, bias = self.adapted_parameters(self.merged_adapters + adapter_names)
+            weight, bias = self.adapted_parameters(merged_before + adapter_names)
             if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
+                self._originals = None
+                if merged_before:
+                    self.merge(adapter_names=merged_before)  # leave the layer as it was
                 raise ValueError(f"NaNs or infs found while merging adapters {adapter_names} into {base}.")
             if bias is not None and base.bias is None:
                 base.bias = nn.Parameter(torch.zeros_like(bias), requires_grad=False)
             base.weight.data.copy_(weight)
             if bias is not None:
                 base.bias.data.copy_(bias)
-        self.merged_adapters.extend(adapter_names)
+        self.merged_adapters = merged_before + adapter_names
 
     def unmerge(self) -> None:
-        """Restore the base layer's original parameters exactly."""
+        """Take our merged change back out of the base layer, keeping what other adapters merged meanwhile.
+
+        The merged parameters ``P_m`` are recomputed from the saved originals ``P_o`` exactly as `merge` computed them
+        (same inputs, same operations), and the base layer is set to ``P_o + (P - P_m)``. If nothing else changed the
+        parameters, ``P - P_m`` is exactly zero and the originals come back bit-exactly; if another adapter (a LoRA)
+        merged its change after ours, that change stays. No copy of the merged parameters is kept for this.
+        The adapters' values and scales must not change while merged (as for LoRA, whose unmerge subtracts its
+        current delta).
+        """
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
-        weight, bias = self._originals
+        original_weight, original_bias = self._originals
         with torch.no_grad():
-            base.weight.data.copy_(weight)
-            if bias is None:
+            merged_weight, merged_bias = self.adapted_parameters(self.merged_adapters)
+            base.weight.data.copy_(_restore(original_weight, base.weight, merged_weight))
+            if original_bias is None:
                 base.bias = None
             else:
-                base.bias.data.copy_(bias)
+                base.bias.data.copy_(_restore(original_bias, base.bias, merged_bias))
         self._originals = None
         self.merged_adapters = []
 
