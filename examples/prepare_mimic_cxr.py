@@ -31,7 +31,8 @@ What it does, in order:
 * **Sizes.** ``--max_train_samples`` / ``--max_test_samples`` keep a seeded random subset of each split (before any
   image is read).
 * **Pixels.** Each image is center-cropped to a square, resized to ``--resolution`` and saved as an RGB PNG (the
-  X-rays are grayscale; Stable Diffusion's VAE takes 3 channels). The default 512 is Stable Diffusion v1.5's native
+  X-rays are grayscale; Stable Diffusion's VAE takes 3 channels). 16-bit and float images are scaled by bit depth
+  as the trainer scales them (`load_square_rgb`), never clipped. The default 512 is Stable Diffusion v1.5's native
   size; the paper's reference code trained at 224 px, which the trainer and the search get from the same folder with
   ``--resolution 224`` (they resize on load). A 224-px folder is about 5 times smaller on disk, but cannot serve a
   512-px run without upsampling.
@@ -68,6 +69,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from peft_memcontrol.tiny_sd import tiny_pipeline_path
+from peft_memcontrol.training.data import normalize_image
 
 
 METADATA_STEM = "mimic-cxr-2.0.0-metadata"
@@ -142,6 +144,28 @@ def image_path(root: str, subject_id: str, study_id: str, dicom_id: str) -> str:
 def report_path(reports_root: str, subject_id: str, study_id: str) -> str:
     """Path of a study's free-text report (``files/pXX/pXXXXXXXX/sYYYYYYYY.txt`` of mimic-cxr-reports.zip)."""
     return study_folder(reports_root, subject_id, study_id) + ".txt"
+
+
+def check_path_ids(rows: Sequence[dict[str, str]], source: str) -> None:
+    """Refuse rows whose ``dicom_id``, ``subject_id`` or ``study_id`` is not a plain file name.
+
+    The ids become path parts (``<dicom_id>.png`` is written to the output folder; the three ids locate the image
+    and the report), so an id such as ``../../x`` or ``/tmp/x`` would read or write outside the given folders. All
+    such rows are listed in one `ValueError`, before anything is written.
+    """
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    bad = []
+    for line, row in enumerate(rows, 2):
+        for column in ("dicom_id", "subject_id", "study_id"):
+            value = (row[column] or "").strip()
+            if value in ("", os.curdir, os.pardir) or any(separator in value for separator in separators):
+                bad.append(f"  line {line}: {column} {value!r}")
+    if bad:
+        listing = "\n".join(bad)
+        raise ValueError(
+            f"{source}: {len(bad)} id(s) are not plain file names, so they would lead outside --mimic_cxr_jpg_dir or "
+            f"--output_dir. Fix or remove these rows:\n{listing}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,29 +295,35 @@ def choose_subset(rows: list[dict[str, Any]], max_samples: int | None, seed: int
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_square_rgb(path: str, resolution: int) -> Image.Image:
+def load_square_rgb(path: str, resolution: int, bit_depth: int | None = None) -> Image.Image:
     """Open an image, center-crop it to a square, resize it to ``resolution`` (Lanczos) and return it as RGB.
 
     JPEG decoding is asked for a reduced size first (``Image.draft``, never below ``resolution`` on either side),
-    which makes MIMIC's ~2500 x 3000 px files several times faster to read.
+    which makes MIMIC's ~2500 x 3000 px files several times faster to read. Pixels are scaled by bit depth as the
+    trainer scales them (`peft_memcontrol.training.data.normalize_image`): a 16-bit or float image is cropped and
+    resized in float, then rounded to 8 bits (``round(255 * x)``); unsupported modes and float values outside
+    [0, 1] raise a `ValueError` naming the file. ``bit_depth`` (``--bit_depth``) scales every 16-bit image alike
+    (12 for 12-bit X-rays in 16-bit PNGs); without it each image is scaled by its own stored bit depth.
     """
     with Image.open(path) as image:
-        image.draft("L" if image.mode == "L" else image.mode, (resolution, resolution))
-        image = image.convert("L") if image.mode in ("L", "I", "I;16", "F") else image.convert("RGB")
+        image.draft(image.mode, (resolution, resolution))
+        image = normalize_image(image, path, bit_depth)
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     image = image.crop((left, top, left + side, top + side))
     if side != resolution:
         image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    if image.mode == "F":
+        image = Image.fromarray(np.round(np.clip(np.asarray(image), 0.0, 1.0) * 255.0).astype(np.uint8))
     return image.convert("RGB")
 
 
-def _convert_one(job: tuple[str, str, int]) -> str | None:
+def _convert_one(job: tuple[str, str, int, int | None]) -> str | None:
     """Worker: read, crop, resize and save one image; returns an error message instead of raising."""
-    source, target, resolution = job
+    source, target, resolution, bit_depth = job
     try:
-        load_square_rgb(source, resolution).save(target, format="PNG")
+        load_square_rgb(source, resolution, bit_depth).save(target, format="PNG")
     except (OSError, ValueError) as err:
         return f"{source}: {err}"
     return None
@@ -388,6 +418,7 @@ def prepare_mimic_cxr(
     metadata_file: str | None = None,
     split_file: str | None = None,
     resolution: int = 512,
+    bit_depth: int | None = None,
     views: Sequence[str] = FRONTAL_VIEWS,
     prompt_sections: Sequence[str] = DEFAULT_SECTIONS,
     test_fraction: float = 0.05,
@@ -412,6 +443,9 @@ def prepare_mimic_cxr(
         metadata_file, split_file: the tables (``.csv`` or ``.csv.gz``). Without ``split_file``, a seeded split by
             patient with ``test_fraction`` of the patients in ``test``.
         resolution: side of the saved square PNGs.
+        bit_depth: the bits used by 16-bit images (12 for 12-bit X-rays in 16-bit PNGs), so that every image is
+            scaled alike; ``None``: each image by its own stored bit depth (`normalize_image`). 8-bit JPEGs (the
+            MIMIC-CXR-JPG release) are not affected.
         views: ``ViewPosition`` values to keep (case-insensitive).
         prompt_sections: report sections to use as the prompt, first present wins.
         validate_split_to: ``"drop"``, ``"train"`` or ``"test"``: where the official split's validate rows go.
@@ -436,6 +470,7 @@ def prepare_mimic_cxr(
             raise FileNotFoundError(f"{flag} {root} has no files/ folder: pass {hint}.")
     metadata_file = metadata_file or find_table(mimic_cxr_jpg_dir, METADATA_STEM, "--metadata_file")
     metadata = read_table(metadata_file, METADATA_COLUMNS)
+    check_path_ids(metadata, metadata_file)
     official = _read_split_file(split_file) if split_file else None
     check_output_dir(output_dir, overwrite)
 
@@ -522,7 +557,7 @@ def prepare_mimic_cxr(
                 if not os.path.isfile(source):
                     skipped["missing_image"] += 1
                     continue
-                jobs.append((source, os.path.join(folder, f"{row['dicom_id']}.png"), resolution))
+                jobs.append((source, os.path.join(folder, f"{row['dicom_id']}.png"), resolution, bit_depth))
                 rows.append(row)
             results = pool.map(_convert_one, jobs, chunksize=16) if pool else map(_convert_one, jobs)
             bar = tqdm(
@@ -606,6 +641,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", required=True)
     output.add_argument("--resolution", type=int, default=512, help="Side of the square PNGs (paper: 224).")
+    output.add_argument(
+        "--bit_depth",
+        type=int,
+        choices=(8, 10, 12, 14, 16),
+        default=None,
+        help="Bits used by 16-bit images (12 for 12-bit X-rays in 16-bit PNGs), so that all are scaled alike; "
+        "default: each image by its own (the smallest of 8/10/12/14/16 bits holding its largest value).",
+    )
     output.add_argument("--test_fraction", type=float, default=0.05, help="Patients in test (without --split_file).")
     output.add_argument("--max_train_samples", type=int, default=None)
     output.add_argument("--max_test_samples", type=int, default=None)
@@ -626,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> PreparationResult:
         metadata_file=args.metadata_file,
         split_file=args.split_file,
         resolution=args.resolution,
+        bit_depth=args.bit_depth,
         views=args.views,
         prompt_sections=args.prompt_sections,
         test_fraction=args.test_fraction,

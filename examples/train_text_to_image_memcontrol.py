@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -292,10 +293,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mask_file = read_mask_file(args.mask) if args.mask else None
     if args.mask_file is not None:
         check_method_matches_mask(args.method, args.mask_file)
-    if args.learning_rate is None:
-        recorded = args.mask_file.learning_rate if args.mask_file else None
-        args.learning_rate = recorded or TrainingConfig.learning_rate
+    args.learning_rate = choose_learning_rate(args.learning_rate, args.mask_file)
     return args
+
+
+def choose_learning_rate(flag: float | None, mask_file: MaskFile | None) -> float:
+    """``--learning_rate``, else the one the ``--mask`` file records, else `TrainingConfig`'s; refused unless it is a
+    finite number above 0 (a recorded 0 is an error in the file, not a request for the default)."""
+    if flag is not None:
+        rate, source = flag, "--learning_rate"
+    elif mask_file is not None and mask_file.learning_rate is not None:
+        rate, source = mask_file.learning_rate, f"the learning_rate recorded in --mask {mask_file.path}"
+    else:
+        return TrainingConfig.learning_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"{source} is {rate!r}: a learning rate must be a finite number above 0.")
+    return float(rate)
 
 
 def check_method_matches_mask(method: str, mask_file: MaskFile) -> None:

@@ -34,6 +34,7 @@ from .search import (
     SyntheticMaskProblem,
 )
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
+from .search.journal import JournalError
 from .search.report import push_mask_to_hub, write_search_outputs
 from .tiny_sd import tiny_pipeline_path
 from .training import TrainingConfig
@@ -92,7 +93,12 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--gpus", type=int, nargs="*", default=None, help="GPU ids, one per process worker.")
     search.add_argument("--gpus_per_task", type=float, default=0.0, help="Ray: GPUs per evaluation.")
     search.add_argument("--ray_address", default=None)
-    search.add_argument("--restart", action="store_true", help="Refuse to continue an existing search folder.")
+    search.add_argument(
+        "--restart",
+        action="store_true",
+        help="Refuse to continue an existing search folder (a search resumes its --output_dir by default, and only "
+        "when its settings are the same).",
+    )
 
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="memcontrol-search")
@@ -246,7 +252,9 @@ def _executor(args: argparse.Namespace):
 
 
 def run_search(args: argparse.Namespace) -> int:
-    """Run (or resume) a search and write its outputs; returns the exit status."""
+    """Run (or resume) a search and write its outputs; returns the exit status: 0, 1 when no candidate succeeded
+    (the outputs are still written, and the counts by status and the first error printed), 2 when the output folder
+    cannot be resumed (other settings, a damaged journal or checkpoint, or ``--restart`` on an existing search)."""
     space, evaluator, constraint = _search_setup(args)
     config = SearchConfig(
         population_size=args.population_size,
@@ -267,12 +275,20 @@ def run_search(args: argparse.Namespace) -> int:
         constraint=constraint,
         progress=not args.no_progress,
     )
-    result = searcher.run(resume=not args.restart)
+    try:
+        result = searcher.run(resume=not args.restart)
+    except (JournalError, FileExistsError) as error:  # a folder that cannot be resumed: the message says why
+        print(f"memcontrol search: error: {error}", file=sys.stderr)
+        return 2
     paths = write_search_outputs(result, args.output_dir, args.max_quality, args.max_memorization)
     print(f"Front of {len(result.front)} masks, hypervolume {result.hypervolume:.6g}; outputs in {args.output_dir}")
     for name, folder in paths["chosen"].items():
         print(f"  {name}: {folder}")
-    if args.push_to_hub and result.front:
+    failure = result.failure()
+    if failure is not None:
+        print(f"memcontrol search: error: {failure}", file=sys.stderr)
+        return 1
+    if args.push_to_hub:
         repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
         print(push_mask_to_hub(result, result.knee(), repo_id))
     return 0

@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,68 @@ def test_report_sections_and_views():
     split = prep.patient_split([f"{i:08d}" for i in range(40)] * 3, test_fraction=0.25, seed=0)
     assert len(split) == 40 and sum(v == "test" for v in split.values()) == 10
     assert split == prep.patient_split([f"{i:08d}" for i in reversed(range(40))], 0.25, seed=0)
+
+
+SIXTEEN_BIT_SOURCES = {
+    # name: (file name, array written from the 8-bit photo, the array scaled into [0, 1] by the documented rule)
+    "12-bit in a 16-bit PNG": ("x.png", lambda c: (c / 255 * 4095).round().astype(np.uint16), 4095.0),
+    "16-bit PNG": ("x.png", lambda c: c.astype(np.uint16) * 257, 65535.0),
+    "float TIFF in [0, 1]": ("x.tif", lambda c: (c / 255).astype(np.float32), 1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(SIXTEEN_BIT_SOURCES))
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path, case):
+    name, make, scale = SIXTEEN_BIT_SOURCES[case]
+    array = make(_picture("camera"))  # 512 x 409: center-cropped to 409 x 409, no resize at that resolution
+    Image.fromarray(array).save(tmp_path / name)
+    side = min(array.shape)
+    top = (array.shape[0] - side) // 2
+    expected = np.round(array[top : top + side, :side].astype(np.float64) / scale * 255).astype(np.uint8)
+
+    written = np.asarray(prep.load_square_rgb(str(tmp_path / name), side))
+    assert written.shape == (side, side, 3)
+    assert np.array_equal(written[..., 0], expected) and np.array_equal(written[..., 2], expected)
+
+
+def test_float_image_outside_unit_range_is_refused_naming_the_file(tmp_path):
+    Image.fromarray(_picture("camera").astype(np.float32)).save(tmp_path / "x.tif")
+    with pytest.raises(ValueError, match=r"x\.tif.*mode F.*\[0, 1\]"):
+        prep.load_square_rgb(str(tmp_path / "x.tif"), 64)
+    assert "x.tif" in prep._convert_one((str(tmp_path / "x.tif"), str(tmp_path / "x.png"), 64, None))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_dicom_ids_cannot_write_outside_the_output_folder(mimic_tree, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(mimic_tree, tree)
+    with gzip.open(tree / "mimic-cxr-2.0.0-metadata.csv.gz", "rt") as handle:
+        rows = list(csv.DictReader(handle))
+    # a valid image where the escaping id's source path leads, so only the id check can stop the write
+    escaping = "../../escaped"
+    Image.fromarray(_picture("camera"), mode="L").save(tree / "files" / "p10" / "escaped.jpg")
+    rows.append({**rows[0], "dicom_id": escaping})
+    metadata = tmp_path / "metadata.csv"
+    with open(metadata, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError, match=rf"metadata\.csv: 1 id\(s\) .*\n  line {len(rows) + 1}: dicom_id '\.\./\.\./escaped'$"
+    ):
+        prep.prepare_mimic_cxr(str(tree), str(out), metadata_file=str(metadata), resolution=32, progress=False)
+    assert not (tmp_path / "escaped.png").exists() and not out.exists()
+
+
+def test_bit_depth_scales_every_16_bit_image_alike(tmp_path):
+    """``--bit_depth 12``: a dark 12-bit X-ray (largest value 900) is divided by 4095, as its brighter neighbours."""
+    dark = (_picture("camera") / 255 * 900).round().astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    height, width = dark.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    converted = np.asarray(prep.load_square_rgb(str(tmp_path / "dark.png"), side, bit_depth=12))
+    expected = np.round(dark[top : top + side, left : left + side] / 4095 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(converted[:, :, 0], expected)
+    assert prep.parse_args(["--mimic_cxr_jpg_dir", "x", "--output_dir", "y", "--bit_depth", "12"]).bit_depth == 12

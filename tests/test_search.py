@@ -21,6 +21,7 @@ from peft_memcontrol.cli import main
 from peft_memcontrol.search import (
     WORST_VALUE,
     GenomeSpace,
+    Journal,
     MaskSearcher,
     SearchConfig,
     SyntheticMaskProblem,
@@ -125,7 +126,7 @@ def test_raising_and_diverging_candidates_are_recorded_and_the_search_goes_on(pr
     config = SearchConfig(population_size=8, generations=3, seed=0)
     result = MaskSearcher(bit_space(), evaluator, config=config, output_dir=tmp_path, progress=False).run()
     assert len(result.history) == 4
-    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    journal = list(Journal.read(tmp_path / "journal.jsonl"))
     by_genome = {"".join(map(str, r["genome"])): r for r in journal}
     assert by_genome["1" * 10]["status"] == "error"
     assert "synthetic training failure" in by_genome["1" * 10]["error"]

@@ -3,7 +3,9 @@
 The journal (`Journal`) keeps every finished evaluation; the checkpoint keeps what the journal cannot give back: the
 population, the state of the search's random generator, the hypervolume reference point and history. A killed search
 resumes from both, and a serial run resumes to exactly the front an uninterrupted run reaches. The checkpoint also
-records the settings it was written with (`search_settings`), and a search with other settings refuses it.
+records the settings it was written with (`search_settings`), and a search with other settings refuses it. A
+damaged checkpoint is refused with its file named (`JournalError`) and the way out: deleting it, after which the search
+replays its generations from the journal without evaluating anything again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from .config import SearchConfig
 from .genome import Genome, GenomeSpace
-from .journal import atomic_write_json, read_json
+from .journal import JournalError, atomic_write_json, read_json
 
 
 CHECKPOINT_NAME = "checkpoint.json"
@@ -91,12 +93,20 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | os.PathLike, settings: dict[str, Any]) -> Checkpoint:
-        """Read a checkpoint written with ``settings``; raises `ValueError` for another format or other settings."""
-        state = read_json(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a checkpoint of this searcher (format {state.get('format')!r}).")
+        """Read a checkpoint written with ``settings``; raises `JournalError` (a `ValueError`) for a damaged file,
+        another format or other settings."""
+        try:
+            state = read_json(path)
+        except JournalError as error:
+            raise JournalError(f"{error}{_DELETE}") from error
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise JournalError(f"{path} is not a checkpoint of this searcher (format {found!r}).{_DELETE}")
+        missing = [name for name in _CHECKPOINT_FIELDS if name not in state]
+        if missing:
+            raise JournalError(f"{path} lacks {missing}: it was damaged outside the search.{_DELETE}")
         if state["settings"] != settings:
-            raise ValueError(
+            raise JournalError(
                 f"{path} was written by a search with other settings; resume with the same space, objectives and "
                 "search config (only `generations` may change), or use a new output folder."
             )
@@ -110,3 +120,21 @@ class Checkpoint:
             cost=state["cost"],
             seconds=state["seconds"],
         )
+
+
+_CHECKPOINT_FIELDS = (
+    "generation",
+    "population",
+    "rng_state",
+    "reference_point",
+    "history",
+    "evaluations",
+    "cost",
+    "seconds",
+    "settings",
+)
+
+_DELETE = (
+    " Delete it to resume from the journal alone: the generations are replayed without evaluating anything again "
+    "(only the hypervolume history and its reference point may differ from an uninterrupted run's)."
+)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -25,6 +25,7 @@ from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline
 from ..training import MemControlTrainer, ProxySet, TrainingConfig, build_proxy_set, load_training_dataset
 from ..tuners import MemControlConfig
 from .genome import Candidate, GenomeSpace
+from .journal import jsonable
 from .objectives import Objective, ObjectiveContext, resolve_objectives
 
 
@@ -132,6 +133,31 @@ SEARCH_EVALUATION = EvaluationSettings(
 prompts, and the extraction attack's default setting (10 generations per prompt, threshold 0.15, groups of 3)."""
 
 
+RUN_ONLY_TRAINING_FIELDS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "logging_dir",
+        "report_to",
+        "tracker_project_name",
+        "show_progress",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "dataloader_num_workers",
+        "gradient_checkpointing",
+        "ddp_find_unused_parameters",
+    }
+)
+"""`TrainingConfig` fields that leave a candidate's scores as they are (where a run writes, what it shows, how it saves
+memory); `InnerLoop.settings` leaves them out, so changing them does not block resuming a search."""
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, values as they are (``asdict`` would deep-copy a feature module)."""
+    return {field.name: getattr(settings, field.name) for field in fields(settings)}
+
+
 class InnerLoop:
     """A picklable evaluator ``inner_loop(candidate, budget) -> {objective: value}`` that trains and scores.
 
@@ -179,6 +205,31 @@ class InnerLoop:
     def load(self) -> LoadedProxy:
         """This worker's base model and data (loaded on first use, then kept in `WORKER_CACHE`)."""
         return WORKER_CACHE.get(self.data, reuse=self.reuse_base_model)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides this loop's scores, as JSON data: the search journal's header records it, and a
+        resumed search with other settings is refused (`MaskSearcher.header`).
+
+        The data spec (model, data folders, proxy set), the objectives, the training config without the fields
+        that only say where and how visibly a run goes (`RUN_ONLY_TRAINING_FIELDS`), the evaluation settings
+        without ``feature_device``, the ``noise_norm`` reduction and the `MemControlConfig` arguments.
+        """
+        return jsonable(
+            {
+                "data": _fields(self.data),
+                "objectives": self.objectives,
+                "training": {
+                    name: value
+                    for name, value in _fields(self.training).items()
+                    if name not in RUN_ONLY_TRAINING_FIELDS
+                },
+                "evaluation": {
+                    name: value for name, value in _fields(self.evaluation).items() if name != "feature_device"
+                },
+                "reduction": self.reduction,
+                "config": self.config_kwargs,
+            }
+        )
 
     def check_space(self, space: GenomeSpace) -> None:
         """Refuse genomes this loop cannot train: the trainer trains one PEFT config, so one method per mask."""
@@ -273,6 +324,12 @@ class TrainableShareConstraint:
             config = self.unet_config or TINY_UNET_CONFIG
             self._unet = meta_unet({k: v for k, v in config.items() if not k.startswith("_")})
         return self._unet
+
+    def settings(self) -> dict[str, Any]:
+        """What decides feasibility, as JSON data, for the search journal's header (`MaskSearcher.header`)."""
+        return jsonable(
+            {"max_share": self.max_share, "unet_config": self.unet_config, "config_kwargs": self.config_kwargs}
+        )
 
     def share(self, candidate: Candidate) -> float:
         model = self._model()

@@ -5,6 +5,7 @@ A point of the front becomes the `MemControlConfig` that ``get_peft_model`` take
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,28 @@ class SearchResult:
     def hypervolume(self) -> float:
         """The hypervolume of the last generation (0 before the first)."""
         return self.history[-1]["hypervolume"] if self.history else 0.0
+
+    def status_counts(self) -> dict[str, int]:
+        """How many evaluations ended in each status (``ok``, ``error``, ``diverged``, ``infeasible``), all budgets."""
+        return dict(sorted(Counter(record["status"] for record in self.records).items()))
+
+    def failure(self) -> str | None:
+        """Why the search found no mask, or ``None`` when its front holds at least one.
+
+        The front is empty when no full-budget evaluation succeeded: every candidate failed, diverged or violated
+        the constraint. The message counts the evaluations by status and quotes the first error, so that a caller
+        stops instead of reporting an empty front (``memcontrol search`` exits with status 1).
+        """
+        if self.front:
+            return None
+        counts = ", ".join(f"{count} {status}" for status, count in self.status_counts().items()) or "none"
+        message = f"No candidate succeeded at the full budget (evaluations: {counts})."
+        failed = next((r for r in self.records if r["status"] in ("error", "diverged")), None)
+        if failed is not None:
+            message += f" First failure ({failed['status']}, genome {failed['key']}): {failed.get('error')}"
+        elif self.records and all(record["status"] == "infeasible" for record in self.records):
+            message += " No candidate satisfies the search's constraint: loosen it (e.g. --max_trainable_share)."
+        return message
 
     def front_values(self) -> list[list[float]]:
         """The front's objective values, one list per point in objective order."""

@@ -10,6 +10,10 @@ all registered on the searcher's DEAP toolbox.
 * **Never lose work**: each finished evaluation is appended to ``journal.jsonl`` and each generation written to
   ``checkpoint.json`` (JSON, atomic). A killed search resumes where it stopped; serial runs resume to exactly the
   front an uninterrupted run reaches, because the random state is checkpointed and evaluations are deterministic.
+* **Never mix settings**: the journal's first line records what its evaluations were made with (`MaskSearcher.header`:
+  genome space, objectives, search config, the evaluator's and the constraint's ``settings()``, the package version).
+  A search resumes a folder only when its own header is the same (``generations`` may grow); otherwise it refuses
+  and names the fields that differ.
 * **Multi-fidelity** (not in the reference code): with ``fidelities=(0.25, 1.0)`` every offspring is first trained
   on a quarter of the budget and only the best ``promote_fraction`` (by non-dominated rank and crowding among the
   offspring) is promoted to the next budget: successive halving inside each generation. Only full-budget results
@@ -18,6 +22,8 @@ all registered on the searcher's DEAP toolbox.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import random
@@ -33,10 +39,13 @@ from .checkpoint import CHECKPOINT_NAME, Checkpoint, search_settings
 from .config import SearchConfig
 from .executors import get_executor
 from .genome import Candidate, Genome, GenomeSpace
-from .journal import JOURNAL_NAME, Journal
+from .journal import JOURNAL_NAME, Journal, JournalError, jsonable
 from .operators import Individual, as_individuals, fitness_class, make_toolbox, private_random
 from .pareto import default_reference_point, hypervolume, non_dominated_indices
 from .result import FrontPoint, SearchResult
+
+
+logger = logging.getLogger(__name__)
 
 
 class MaskSearcher:
@@ -53,6 +62,11 @@ class MaskSearcher:
         constraint: optional ``constraint(candidate) -> bool``; infeasible candidates are recorded with the worst
             values and never trained (e.g. `TrainableShareConstraint`).
         progress: show tqdm bars per generation and per candidate.
+
+    The evaluator and the constraint may define ``settings() -> dict`` (JSON data): everything that changes their
+    results (`InnerLoop.settings`, `TrainableShareConstraint.settings`). It goes into the journal's header, and a
+    search with other settings refuses to resume the folder. Without it only their type is recorded and compared,
+    and a resume warns that their settings are not checked.
 
     Attributes:
         toolbox: the DEAP toolbox of selection and variation operators (`peft_memcontrol.search.operators`);
@@ -125,9 +139,54 @@ class MaskSearcher:
         )
         checkpoint.save(path, self._settings())
 
+    def header(self) -> dict[str, Any]:
+        """What the journal's first line records: the settings that decide every evaluation in it, as JSON data.
+
+        The genome space, objectives and search config (`search_settings`: all but ``generations``), the
+        evaluator's and the constraint's ``settings()`` (or only their type when they have none), and the version
+        of peft-memcontrol.
+        """
+        header = {
+            **self._settings(),
+            "evaluator": _settings_of(self.evaluator),
+            "constraint": None if self.constraint is None else _settings_of(self.constraint),
+            "peft_memcontrol": __version__,
+        }
+        return json.loads(json.dumps(header, allow_nan=False))
+
+    def _check_header(self) -> None:
+        """Refuse a journal written with other settings than this search's, naming the fields that differ."""
+        path = self._path(JOURNAL_NAME)
+        written = Journal.read_header(path)
+        if written is None:
+            if os.path.exists(self._path(CHECKPOINT_NAME)):
+                raise JournalError(
+                    f"{self._path(CHECKPOINT_NAME)} has no journal beside it ({path}), so its evaluations are lost: "
+                    f"{_AFRESH}"
+                )
+            return
+        differences = _differences(written, self.header())
+        if differences:
+            raise JournalError(
+                f"{path} was written by a search with other settings, so its evaluations cannot be reused: "
+                + "; ".join(differences)
+                + f". Resume with the journal's settings (only `generations` may change), or {_AFRESH}"
+            )
+        for name in ("evaluator", "constraint"):
+            if written[name] is not None and "settings" not in written[name]:
+                logger.warning(
+                    "The %s %s has no settings() method: %s is resumed without checking that its evaluations were "
+                    "made with the same %s settings.",
+                    name,
+                    written[name]["type"],
+                    path,
+                    name,
+                )
+
     def _load(self) -> None:
         """Rebuild the cache and the counts from the journal, and the generation state from the checkpoint."""
-        for record in Journal.read(self._path(JOURNAL_NAME)):
+        self._check_header()
+        for record in Journal.read(self._path(JOURNAL_NAME), num_values=len(self.objectives)):
             self._remember(record)
         path = self._path(CHECKPOINT_NAME)
         if not os.path.exists(path):
@@ -276,11 +335,11 @@ class MaskSearcher:
             os.makedirs(self.output_dir, exist_ok=True)
             if not resume and os.path.exists(self._path(JOURNAL_NAME)):
                 raise FileExistsError(
-                    f"{self._path(JOURNAL_NAME)} exists: resume the search (resume=True, --resume) or choose another "
-                    "output folder."
+                    f"{self._path(JOURNAL_NAME)} exists: resume the search (resume=True; `memcontrol search` without "
+                    f"--restart), or {_AFRESH}"
                 )
             self._load()
-            journal = Journal(self._path(JOURNAL_NAME))
+            journal = Journal(self._path(JOURNAL_NAME), header=self.header())
         total = self.config.generations + 1
         bar = tqdm(total=total, initial=self.generation + 1, desc="generations", unit="gen", disable=not self.progress)
         try:
@@ -363,3 +422,44 @@ class MaskSearcher:
                 "peft_memcontrol": __version__,
             },
         )
+
+
+_AFRESH = (
+    "start afresh in another output folder (`output_dir`, `--output_dir` of `memcontrol search`) or delete "
+    f"{JOURNAL_NAME} and {CHECKPOINT_NAME} in this one."
+)
+
+
+_ABSENT = object()
+"""A header field one of two headers lacks (`_differences`)."""
+
+
+def _settings_of(component: Any) -> dict[str, Any]:
+    """An evaluator's or constraint's part of the journal header: its type, and its ``settings()`` when it has them."""
+    named = component if hasattr(component, "__qualname__") else type(component)
+    entry: dict[str, Any] = {"type": f"{named.__module__}.{named.__qualname__}"}
+    settings = getattr(component, "settings", None)
+    if callable(settings):
+        entry["settings"] = jsonable(settings())
+    return entry
+
+
+def _differences(written: Any, current: Any, path: str = "") -> list[str]:
+    """The fields (dotted paths) where two headers differ, each with its value in the journal and now."""
+    if isinstance(written, dict) and isinstance(current, dict):
+        return [
+            difference
+            for name in sorted(set(written) | set(current), key=str)
+            for difference in _differences(
+                written.get(name, _ABSENT), current.get(name, _ABSENT), f"{path}.{name}" if path else name
+            )
+        ]
+    if written == current:
+        return []
+    return [f"{path or 'header'}: {_short(written)} in the journal, {_short(current)} now"]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A header value for a message: its JSON, cut at ``limit`` characters."""
+    text = "absent" if value is _ABSENT else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

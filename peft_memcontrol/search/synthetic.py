@@ -47,6 +47,7 @@ class SyntheticMaskProblem:
         failures: Mapping[str, str] | None = None,
     ) -> None:
         rng = np.random.default_rng(seed)
+        self.seed = seed
         self.num_bits = num_bits
         self.cost = rng.uniform(0.2, 1.0, num_bits)
         self.gain = rng.uniform(0.2, 1.0, num_bits)
@@ -59,6 +60,17 @@ class SyntheticMaskProblem:
         self.delay = delay
         self.learning_rate_optimum = learning_rate_optimum
         self.failures = dict(failures or {})
+
+    def settings(self) -> dict[str, object]:
+        """What decides the scores (everything but ``delay``), for the search journal's header: a resumed search on a
+        problem with other settings is refused (`MaskSearcher.header`)."""
+        return {
+            "num_bits": self.num_bits,
+            "seed": self.seed,
+            "noise": self.noise,
+            "learning_rate_optimum": self.learning_rate_optimum,
+            "failures": dict(sorted(self.failures.items())),
+        }
 
     def values(self, bits: Sequence[int], learning_rate: float | None = None) -> tuple[float, float]:
         """The exact objectives of a mask (and learning rate): what the full budget returns."""

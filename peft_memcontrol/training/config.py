@@ -7,6 +7,7 @@ builds its flags (`peft_memcontrol.training.arguments`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +22,14 @@ class TrainingConfig:
     output_dir: str = field(
         default="memcontrol-model",
         metadata={"help": "The output directory where the adapter (or UNet), checkpoints and logs are written."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into a non-empty output directory (refused otherwise, unless resuming): the "
+            "checkpoint-<step> folders of the run there are deleted when training starts, so that they are neither "
+            "kept in place of this run's nor resumed."
+        },
     )
     max_train_steps: int = field(default=100, metadata={"help": "Total number of optimizer steps to perform."})
     train_batch_size: int = field(default=8, metadata={"help": "Batch size (per device) for the training dataloader."})
@@ -154,8 +163,16 @@ class TrainingConfig:
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar on the local main process."})
 
     def __post_init__(self) -> None:
-        if self.max_train_steps < 1:
-            raise ValueError(f"max_train_steps must be at least 1, got {self.max_train_steps}.")
+        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number above 0, got {self.learning_rate}.")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(
+                f"checkpoints_total_limit must be at least 1 (None keeps every checkpoint), got "
+                f"{self.checkpoints_total_limit}: a run must keep the checkpoint it writes."
+            )
         if not 0.0 <= self.caption_dropout_probability <= 1.0:
             raise ValueError(f"caption_dropout_probability must be in [0, 1], got {self.caption_dropout_probability}.")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):

@@ -29,6 +29,16 @@ from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
+#: PIL modes of 8-bit images, read exactly as ``image.convert("RGB")`` reads them (not ``LAB``: Pillow converts
+#: it to RGB channel by channel, a mid gray to blue).
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV")
+#: PIL modes of integer images deeper than 8 bits: 16-bit PNGs and TIFFs (``I;16*``), 32-bit integer TIFFs (``I``).
+INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+#: The bit depths an integer image is scaled by (detectors and DICOM exports store 8, 10, 12, 14 or 16 bits).
+STORED_BIT_DEPTHS = (8, 10, 12, 14, 16)
+#: What `check_image_file` and the loader report a file as unreadable for (``verify`` raises `SyntaxError`).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
 
 def mix_seed(*values: int) -> int:
     """Combine integers into one 63-bit seed (SplitMix64-style), stable across platforms and Python versions."""
@@ -40,19 +50,133 @@ def mix_seed(*values: int) -> int:
     return x & 0x7FFFFFFFFFFFFFFF
 
 
+def stored_bit_depth(image: Image.Image, source: str = "image") -> int:
+    """The bits an integer image (`INTEGER_MODES`) uses: the smallest of `STORED_BIT_DEPTHS` that holds its largest
+    value. Values below 0 or above 65535 are refused, naming ``source``."""
+    values = np.asarray(image)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"{source}: mode {image.mode} image with values in [{low}, {high}]; only 0 to 65535 (up to 16 bits) can be "
+            "scaled by bit depth. Save it as a 16-bit grayscale PNG, or as a float TIFF scaled into [0, 1]."
+        )
+    return next(depth for depth in STORED_BIT_DEPTHS if high < 2**depth)
+
+
+def data_bit_depth(images: Sequence[Image.Image | str]) -> int | None:
+    """The one bit depth the integer images among ``images`` (PIL images or paths) are scaled by: the largest
+    `stored_bit_depth` among them, or ``None`` when none is an integer image.
+
+    One depth for the whole data set, so that equal pixel values mean equal intensities in every image: a 12-bit
+    X-ray that happens to stay below 1024 is not scaled by 1023 while its neighbours are scaled by 4095. Only
+    integer images are decoded (an 8-bit file's header says its mode).
+    """
+    depths = []
+    for image in images:
+        if isinstance(image, str):
+            with Image.open(image) as opened:
+                if opened.mode in INTEGER_MODES:
+                    depths.append(stored_bit_depth(opened, image))
+        elif image.mode in INTEGER_MODES:
+            depths.append(stored_bit_depth(image))
+    return max(depths, default=None)
+
+
+def normalize_image(image: Image.Image, source: str = "image", bit_depth: int | None = None) -> Image.Image:
+    """Return a new image holding ``image``'s pixels as 8-bit ``L`` or ``RGB``, or as ``F`` (grayscale) in [0, 1].
+
+    ``convert("RGB")`` clips instead of scaling: a 16-bit X-ray (mode ``I;16``, 12-bit values) comes out almost
+    all white and a float image in [0, 1] (mode ``F``) all black. So every image the trainer, the evaluation and
+    ``examples/prepare_mimic_cxr.py`` read goes through this function, which scales by bit depth:
+
+    * 8-bit images (`EIGHT_BIT_MODES`): ``L`` stays ``L``, any other becomes ``image.convert("RGB")``, exactly as
+      they were always read.
+    * Integer images deeper than 8 bits (`INTEGER_MODES`): divided by ``2**bit_depth - 1``. File headers do not say
+      how many of a 16-bit container's bits are used, so the data decide: a data set passes its `data_bit_depth`
+      (the smallest of 8, 10, 12, 14, 16 bits that holds the largest value of any of its images: a 12-bit X-ray
+      set exported as 16-bit PNGs is divided by 4095, a set that uses all 16 bits by 65535); without ``bit_depth``
+      the image's own `stored_bit_depth` is used. Values below 0, above 65535 or above ``2**bit_depth - 1`` are
+      refused.
+    * Float images (``F``): values in [0, 1] are used as they are; anything else (outside [0, 1], NaN) is refused.
+    * Any other mode (``LAB``, ...) is refused.
+
+    Refusals raise a `ValueError` that names ``source`` (the file), the mode and the fix.
+    """
+    mode = image.mode
+    check_image_mode(mode, source)
+    if mode in EIGHT_BIT_MODES:
+        return image.copy() if mode == "L" else image.convert("RGB")
+    if mode in INTEGER_MODES:
+        own_depth = stored_bit_depth(image, source)
+        if bit_depth is not None and own_depth > bit_depth:
+            raise ValueError(
+                f"{source}: a {own_depth}-bit image in a data set scaled as {bit_depth}-bit; its values would pass 1. "
+                "Build the data set from all its images, so that their common bit depth is found."
+            )
+        bits = own_depth if bit_depth is None else bit_depth
+        values = np.asarray(image)
+        return Image.fromarray((values.astype(np.float64) / (2**bits - 1)).astype(np.float32))
+    values = np.asarray(image)  # mode F, the one mode left
+    if not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
+        raise ValueError(
+            f"{source}: float image (mode F) with values in [{values.min()}, {values.max()}]; float images must "
+            "hold values in [0, 1]. Rescale it into [0, 1], or save it as an 8- or 16-bit integer image."
+        )
+    return image.copy()
+
+
+def check_image_mode(mode: str, source: str = "image") -> None:
+    """Refuse a PIL mode `normalize_image` cannot scale (``LAB``, ...), naming ``source`` and the fix."""
+    if mode not in (*EIGHT_BIT_MODES, *INTEGER_MODES, "F"):
+        raise ValueError(
+            f"{source}: images of PIL mode {mode} are not supported. Save it as an 8-bit RGB or grayscale image, or "
+            "as a 16-bit grayscale PNG."
+        )
+
+
+def check_image_file(path: str) -> None:
+    """Raise what would make the image at ``path`` fail when a batch draws it: missing, not an image, truncated or
+    corrupt, or of a mode or value range `normalize_image` refuses.
+
+    Cheap enough for every row of a data set: a PNG is checked with ``verify`` (every chunk's checksum, no
+    decoding), a JPEG is decoded at an eighth of its size, other formats are decoded; the pixels are looked at only
+    for the modes whose range `normalize_image` checks (``I``, ``F``).
+    """
+    if not os.path.lexists(path):
+        raise FileNotFoundError("file not found")
+    if not os.path.isfile(path):
+        raise IsADirectoryError("not a file")
+    with Image.open(path) as image:
+        mode = image.mode
+        if image.format == "PNG":
+            image.verify()
+        else:
+            image.draft(mode, (1, 1))
+            image.load()
+    check_image_mode(mode, path)
+    if mode in ("I", "F"):
+        with Image.open(path) as image:
+            normalize_image(image, path)
+
+
 def image_to_tensor(
     image: Image.Image,
     resolution: int | None,
     center_crop: bool = True,
     random_flip: bool = False,
     aug_seed: int = 0,
+    source: str = "image",
 ) -> torch.Tensor:
     """Resize (shorter side), crop to a square and scale an image to a ``3 x H x W`` tensor in [-1, 1].
 
     The same transforms as diffusers' training scripts, without torchvision. Random crop and flip draw from
-    ``aug_seed``, so an augmentation is a pure function of the sample and the step.
+    ``aug_seed``, so an augmentation is a pure function of the sample and the step. Pixels are scaled by bit depth
+    (`normalize_image`; ``source`` names the image in its errors): 8-bit images as ``x / 127.5 - 1``, deeper
+    grayscale ones resized in float and repeated to 3 channels.
     """
-    image = image.convert("RGB")
+    image = normalize_image(image, source)
+    if image.mode != "F":
+        image = image.convert("RGB")
     rng = np.random.default_rng(aug_seed)
     if resolution is not None:
         w, h = image.size
@@ -66,7 +190,11 @@ def image_to_tensor(
             left = int(rng.integers(0, new_w - resolution + 1))
             top = int(rng.integers(0, new_h - resolution + 1))
         image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    if image.mode == "F":
+        gray = np.asarray(image, dtype=np.float32) * 2.0 - 1.0
+        array = np.repeat(gray[:, :, None], 3, axis=2)
+    else:
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if random_flip and rng.random() < 0.5:
         tensor = tensor.flip(-1)
@@ -77,7 +205,8 @@ class ImageCaptionDataset(Dataset):
     """Images (PIL images or file paths) with one caption each.
 
     Items are dicts ``{"pixel_values", "caption", "index"}``. An item can be asked for as ``dataset[i]`` or as
-    ``dataset[(i, aug_seed)]``; the second form is what `StepBatchSampler` yields.
+    ``dataset[(i, aug_seed)]``; the second form is what `StepBatchSampler` yields. Integer images deeper than 8 bits
+    are all scaled by one ``bit_depth`` (default: `data_bit_depth` of the images, found when the set is built).
     """
 
     def __init__(
@@ -88,6 +217,7 @@ class ImageCaptionDataset(Dataset):
         center_crop: bool = True,
         random_flip: bool = False,
         metadata: Sequence[dict[str, Any]] | None = None,
+        bit_depth: int | None = None,
     ) -> None:
         if len(images) != len(captions):
             raise ValueError(f"Got {len(images)} images but {len(captions)} captions: they must pair up one to one.")
@@ -104,22 +234,31 @@ class ImageCaptionDataset(Dataset):
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.metadata = list(metadata) if metadata is not None else [{} for _ in self.images]
+        self.bit_depth = bit_depth if bit_depth is not None else data_bit_depth(self.images)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def load_image(self, index: int) -> Image.Image:
-        """Return sample ``index`` as a PIL image, opening it from disk if it is a path."""
+        """Return sample ``index`` as `normalize_image` gives it, opening it from disk if it is a path.
+
+        A file that cannot be read raises an `OSError` that names it (Pillow's "image file is truncated" does not).
+        """
         image = self.images[index]
         if isinstance(image, str):
-            with Image.open(image) as opened:
-                return opened.convert("RGB")
-        return image
+            try:
+                with Image.open(image) as opened:
+                    return normalize_image(opened, image, self.bit_depth)
+            except OSError as err:
+                raise OSError(f"{image}: {err}") from err
+        return normalize_image(image, f"sample {index}", self.bit_depth) if image.mode in INTEGER_MODES else image
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, aug_seed = key if isinstance(key, tuple) else (key, 0)
+        image = self.images[index]
+        source = image if isinstance(image, str) else f"sample {index}"
         pixel_values = image_to_tensor(
-            self.load_image(index), self.resolution, self.center_crop, self.random_flip, aug_seed
+            self.load_image(index), self.resolution, self.center_crop, self.random_flip, aug_seed, source
         )
         return {"pixel_values": pixel_values, "caption": self.captions[index], "index": index}
 
@@ -132,13 +271,19 @@ class ImageCaptionDataset(Dataset):
             self.center_crop,
             self.random_flip,
             [self.metadata[i] for i in indices],
+            self.bit_depth,
         )
 
     @classmethod
     def from_image_folder(
         cls, root: str, image_column: str | None = None, caption_column: str = "text", **kwargs: Any
     ) -> ImageCaptionDataset:
-        """Read ``root/metadata.jsonl`` (one JSON object a line with ``file_name`` and a caption column)."""
+        """Read ``root/metadata.jsonl`` (one JSON object a line with ``file_name`` and a caption column).
+
+        Every row is checked once here rather than when a batch draws it, hours into training: its file must be a
+        relative path inside ``root`` (no absolute path, no ``..`` leading out; a symbolic link inside ``root`` is
+        followed) and an image `check_image_file` accepts. All bad rows are reported in one error.
+        """
         metadata_path = os.path.join(root, "metadata.jsonl")
         if not os.path.isdir(root):
             raise FileNotFoundError(f"--train_data_dir {root} does not exist.")
@@ -148,7 +293,7 @@ class ImageCaptionDataset(Dataset):
                 'such as {"file_name": "0001.png", "text": "a photo of ..."}.'
             )
         image_column = image_column or "file_name"
-        rows = []
+        rows, line_numbers = [], []
         with open(metadata_path, encoding="utf-8") as f:
             for line_number, line in enumerate(f, 1):
                 if line.strip():
@@ -156,8 +301,14 @@ class ImageCaptionDataset(Dataset):
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as err:
                         raise ValueError(f"{metadata_path}, line {line_number}: not valid JSON ({err}).") from err
+                    line_numbers.append(line_number)
         _check_columns(rows, metadata_path, image_column, caption_column)
-        images = [os.path.join(root, row[image_column]) for row in rows]
+        images = [os.path.join(root, str(row[image_column])) for row in rows]
+        problems = {
+            line: _outside_folder(row[image_column]) or _image_file_problem(path)
+            for line, row, path in zip(line_numbers, rows, images)
+        }
+        _raise_bad_rows(metadata_path, image_column, dict(zip(line_numbers, rows)), problems)
         return cls(images, [row[caption_column] for row in rows], metadata=rows, **kwargs)
 
     @classmethod
@@ -166,7 +317,8 @@ class ImageCaptionDataset(Dataset):
     ) -> ImageCaptionDataset:
         """Read a CSV with a header; image paths are taken relative to the CSV's folder unless absolute.
 
-        Defaults to the reference code's layout: the first column is the path and the second the caption.
+        Defaults to the reference code's layout: the first column is the path and the second the caption. Every
+        image is checked once here (`check_image_file`), and all unreadable rows are reported in one error.
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"CSV file {path} does not exist.")
@@ -180,6 +332,13 @@ class ImageCaptionDataset(Dataset):
         _check_columns(rows, path, image_column, caption_column)
         base = os.path.dirname(os.path.abspath(path))
         images = [os.path.join(base, row[image_column]) for row in rows]
+        # line 1 is the header (a caption with a line break would shift the numbers; the file names are exact)
+        _raise_bad_rows(
+            path,
+            image_column,
+            dict(enumerate(rows, 2)),
+            {line: _image_file_problem(image) for line, image in enumerate(images, 2)},
+        )
         return cls(images, [row[caption_column] for row in rows], metadata=rows, **kwargs)
 
     @classmethod
@@ -194,6 +353,44 @@ class ImageCaptionDataset(Dataset):
             if name not in columns:
                 raise ValueError(f"{flag} '{name}' is not a column of the data set; its columns are {columns}.")
         return cls(list(dataset[image_column]), list(dataset[caption_column]), **kwargs)
+
+
+def _outside_folder(file_name: Any) -> str | None:
+    """Why ``file_name`` (a metadata row's) does not name a file inside the data folder, or ``None`` when it does."""
+    if not isinstance(file_name, str) or not file_name:
+        return f"the file name must be a non-empty string, got {file_name!r}"
+    if os.path.isabs(file_name) or os.path.splitdrive(file_name)[0]:
+        return "absolute path: file names must be relative to the data folder"
+    normalized = os.path.normpath(file_name)
+    if normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
+        return "points outside the data folder ('..')"
+    return None
+
+
+def _image_file_problem(path: str) -> str | None:
+    """What `check_image_file` finds wrong with ``path``, as one line, or ``None``."""
+    try:
+        check_image_file(path)
+    except (FileNotFoundError, IsADirectoryError, ValueError) as err:
+        return str(err).replace(f"{path}: ", "")
+    except IMAGE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _raise_bad_rows(
+    source: str, image_column: str, rows: dict[int, dict[str, Any]], problems: dict[int, str | None]
+) -> None:
+    """Raise one `ValueError` listing every row of ``source`` with a problem (line, file name, what is wrong)."""
+    bad = {line: problem for line, problem in problems.items() if problem}
+    if bad:
+        listing = "\n".join(
+            f"  line {line} ({rows[line][image_column]!r}): {problem}" for line, problem in bad.items()
+        )
+        raise ValueError(
+            f"{source}: {len(bad)} of {len(rows)} rows name an image that cannot be used. Fix or remove these rows:"
+            f"\n{listing}"
+        )
 
 
 def _check_columns(rows: list[dict[str, Any]], source: str, image_column: str, caption_column: str) -> None:

@@ -13,7 +13,10 @@ device, and resuming from a checkpoint continues exactly where an uninterrupted 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from typing import Any
 
 import peft
@@ -80,8 +83,10 @@ class MemControlTrainer:
         self.accelerator = accelerator = accelerator if accelerator is not None else create_accelerator(config)
         self.weight_dtype = mixed_precision_dtype(accelerator)
         self.family = StableDiffusionFamily(vae, text_encoder, tokenizer, accelerator.device, self.weight_dtype)
+        base_model = getattr(unet.config, "_name_or_path", None)
 
         self.model = self._wrap_unet(unet, method)
+        self.run_fingerprint = run_fingerprint(method, train_dataset, config.seed, base_model)
         if config.gradient_checkpointing:
             self.base_unet.enable_gradient_checkpointing()
         self.model.to(accelerator.device)
@@ -194,19 +199,62 @@ class MemControlTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> str:
-        """Write ``output_dir/checkpoint-<step>`` (trainable tensors, optimizer, scheduler, step)."""
+        """Write ``output_dir/checkpoint-<step>`` (trainable tensors, optimizer, scheduler, step, run fingerprint)."""
         config = self.config
+        self.check_finite("checkpoint")
         return checkpoints.save_checkpoint(
             self.accelerator,
             config.output_dir,
             self.global_step,
             config.checkpoints_total_limit,
             config.to_tracker_config(),
+            self.run_fingerprint,
         )
 
+    def check_finite(self, what: str) -> None:
+        """Refuse to save ``what`` when a trainable parameter holds NaN or infinity (the run diverged).
+
+        The loss of a step is computed before its update, so a last step that diverges leaves a finite loss and
+        non-finite weights; saving them would hand on a broken model as a trained one.
+        """
+        not_finite = [name for name, p in self.trainable_parameters().items() if not torch.isfinite(p).all()]
+        if not_finite:
+            raise FloatingPointError(
+                f"Not saving the {what}: after step {self.global_step} the trainable parameters {not_finite[:3]} "
+                f"({len(not_finite)} in all) hold NaN or infinite values, the run diverged. Lower --learning_rate, "
+                "use --mixed_precision bf16 instead of fp16, or resume from an earlier checkpoint."
+            )
+
+    def check_output_dir(self) -> None:
+        """Refuse to start a new run in an output folder that holds something (a previous run), unless
+        ``overwrite_output_dir``, which deletes the checkpoints found there.
+
+        Called on every process before any of them writes, when no checkpoint was resumed.
+        """
+        config = self.config
+        output_dir = config.output_dir
+        if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+            return
+        if not config.overwrite_output_dir:
+            resume = (
+                "it holds no checkpoint to resume"
+                if config.resume_from_checkpoint
+                else "pass --resume_from_checkpoint latest to continue it"
+            )
+            raise FileExistsError(
+                f"Output directory {output_dir} already exists and is not empty: a new run would overwrite the run "
+                f"there ({resume}). Pass another --output_dir, or --overwrite_output_dir to replace that run."
+            )
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            checkpoints.remove_partial_checkpoints(output_dir)
+            for _, path in checkpoints.list_checkpoints(output_dir):
+                shutil.rmtree(path)
+
     def resume(self, checkpoint: str) -> int:
-        """Restore a checkpoint (a path, or ``"latest"`` in ``output_dir``); returns the step it resumes at."""
-        step = checkpoints.load_checkpoint(self.accelerator, checkpoint, self.config.output_dir)
+        """Restore a checkpoint (a path, or ``"latest"`` in ``output_dir``) of this run; returns the step it resumes
+        at (0 when ``"latest"`` finds none)."""
+        step = checkpoints.load_checkpoint(self.accelerator, checkpoint, self.config.output_dir, self.run_fingerprint)
         if step is None:
             return 0
         self.global_step = step
@@ -294,9 +342,12 @@ class MemControlTrainer:
     def train(self) -> TrainingResult:
         """Run (or resume) training to ``max_train_steps`` optimizer steps; returns a `TrainingResult`."""
         config, accelerator = self.config, self.accelerator
-        os.makedirs(config.output_dir, exist_ok=True)
         if config.resume_from_checkpoint:
             self.resume(config.resume_from_checkpoint)
+        if self.global_step == 0:
+            self.check_output_dir()
+        accelerator.wait_for_everyone()  # every process has looked at output_dir before any writes to it
+        os.makedirs(config.output_dir, exist_ok=True)
         if accelerator.trackers == [] and accelerator.log_with:
             accelerator.init_trackers(config.tracker_project_name, config=config.to_tracker_config())
 
@@ -381,6 +432,7 @@ class MemControlTrainer:
     def save_adapter(self, output_dir: str | None = None) -> str:
         """Save the result: the adapter with ``save_pretrained`` (or, for ``"full"``, the whole UNet)."""
         output_dir = output_dir or self.config.output_dir
+        self.check_finite("adapter" if not isinstance(self.method, str) else "model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             model = self.unwrapped_model
@@ -401,3 +453,35 @@ class MemControlTrainer:
     def end(self) -> None:
         """Close the trackers."""
         self.accelerator.end_training()
+
+
+def run_fingerprint(method: Any, dataset: Any, seed: int, base_model: str | None) -> dict[str, Any]:
+    """What identifies a run, recorded in its checkpoints so that no other run resumes them.
+
+    ``method``: ``"full"`` or the PEFT type; ``adapter_config``: a hash of the PEFT config (its mask included);
+    ``data``: a hash of the data set's size, captions, image file names and resolution (as far as it exposes them:
+    a moved data folder is the same data);
+    ``seed``; ``base_model``: the UNet's ``_name_or_path`` (``None`` for a model built in memory).
+    """
+    if isinstance(method, str):
+        name, adapter = method, None
+    else:
+        name, adapter = str(method.peft_type), _digest(method.to_dict())
+    images = [
+        os.path.basename(image) for image in getattr(dataset, "images", []) if isinstance(image, (str, os.PathLike))
+    ]
+    data = {
+        "size": len(dataset),
+        "captions": getattr(dataset, "captions", None),
+        "images": images,
+        "resolution": getattr(dataset, "resolution", None),
+    }
+    return {"method": name, "adapter_config": adapter, "data": _digest(data), "seed": seed, "base_model": base_model}
+
+
+def _digest(value: Any) -> str:
+    """A short, stable hash of a JSON-like value (sets sorted, other objects by their ``str``)."""
+    text = json.dumps(
+        value, sort_keys=True, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
