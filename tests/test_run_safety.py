@@ -25,7 +25,7 @@ from peft_memcontrol.training.checkpoints import TRAINABLE_WEIGHTS_NAME, TRAINER
 from peft_memcontrol.tuners import DiffFitConfig
 
 from helpers.images import write_image_folder
-from helpers.training import TINY_SLOTS, make_trainer, optimizer_state_tensors
+from helpers.training import TINY_SLOTS, assert_same_training_state, make_trainer
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,17 +62,6 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(data_dir):
     return load_training_dataset(train_data_dir=data_dir, resolution=32)
-
-
-def _assert_same_parameters(expected, got) -> None:
-    params_a, params_b = expected.trainable_parameters(), got.trainable_parameters()
-    assert params_a.keys() == params_b.keys() and len(params_a) > 0
-    for name in params_a:
-        assert torch.equal(params_a[name], params_b[name]), name
-    state_a, state_b = optimizer_state_tensors(expected), optimizer_state_tensors(got)
-    assert state_a.keys() == state_b.keys() and len(state_a) > 0
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
 
 
 # ---------------------------------------------------------------- checkpoints survive a kill
@@ -113,7 +102,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_continue
         resumed_result = resumed.train()
     assert "checkpoint-3: an incomplete checkpoint" in caplog.text
     assert resumed_result.losses == result.losses[1:]
-    _assert_same_parameters(uninterrupted, resumed)
+    assert_same_training_state(uninterrupted, resumed)
 
 
 def test_checkpoints_total_limit_keeps_the_newest(dataset, tmp_path):

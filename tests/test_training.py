@@ -28,7 +28,7 @@ from peft_memcontrol.training.data import mix_seed
 from peft_memcontrol.tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 
 from helpers.images import synthetic_images, write_image_folder
-from helpers.training import TINY_SLOTS, make_trainer, optimizer_state_tensors
+from helpers.training import TINY_SLOTS, assert_same_training_state, make_trainer
 
 
 # ---------------------------------------------------------------- data
@@ -192,18 +192,6 @@ def folder_dataset(tmp_path_factory):
     return load_training_dataset(train_data_dir=root, resolution=32)
 
 
-def _assert_same_training_state(expected, got) -> None:
-    params_a, params_b = expected.trainable_parameters(), got.trainable_parameters()
-    assert params_a.keys() == params_b.keys() and len(params_a) > 0
-    for name in params_a:
-        assert torch.equal(params_a[name], params_b[name]), name
-    state_a, state_b = optimizer_state_tensors(expected), optimizer_state_tensors(got)
-    assert state_a.keys() == state_b.keys() and len(state_a) > 0
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
-    assert expected.lr_scheduler.state_dict()["last_epoch"] == got.lr_scheduler.state_dict()["last_epoch"]
-
-
 def _run_resume(dataset, method_factory, tmp_path, **kwargs):
     uninterrupted = make_trainer(dataset, method_factory(), str(tmp_path / "a"), max_train_steps=4, **kwargs)
     result = uninterrupted.train()
@@ -218,7 +206,7 @@ def _run_resume(dataset, method_factory, tmp_path, **kwargs):
     resumed_result = resumed.train()
     assert resumed_result.global_step == result.global_step == 4
     assert resumed_result.losses == result.losses[2:]
-    _assert_same_training_state(uninterrupted, resumed)
+    assert_same_training_state(uninterrupted, resumed)
 
 
 def test_resume_continues_with_identical_state(folder_dataset, tmp_path):

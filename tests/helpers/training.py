@@ -46,3 +46,16 @@ def optimizer_state_tensors(trainer: MemControlTrainer) -> dict[str, torch.Tenso
             for key, value in trainer.optimizer.state[p].items():
                 out[f"{names[id(p)]}:{key}"] = torch.as_tensor(value).clone()
     return out
+
+
+def assert_same_training_state(expected: MemControlTrainer, got: MemControlTrainer) -> None:
+    """Trainable parameters, optimizer state and learning-rate schedule position are equal to the bit."""
+    params_a, params_b = expected.trainable_parameters(), got.trainable_parameters()
+    assert params_a.keys() == params_b.keys() and len(params_a) > 0
+    for name in params_a:
+        assert torch.equal(params_a[name], params_b[name]), name
+    state_a, state_b = optimizer_state_tensors(expected), optimizer_state_tensors(got)
+    assert state_a.keys() == state_b.keys() and len(state_a) > 0
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    assert expected.lr_scheduler.state_dict()["last_epoch"] == got.lr_scheduler.state_dict()["last_epoch"]
