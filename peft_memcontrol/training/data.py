@@ -63,9 +63,9 @@ def stored_bit_depth(image: Image.Image, source: str = "image") -> int:
     return next(depth for depth in STORED_BIT_DEPTHS if high < 2**depth)
 
 
-def data_bit_depth(images: Sequence[Image.Image | str]) -> int | None:
+def data_bit_depth(images: Sequence[Image.Image | str]) -> int:
     """The one bit depth the integer images among ``images`` (PIL images or paths) are scaled by: the largest
-    `stored_bit_depth` among them, or ``None`` when none is an integer image.
+    `stored_bit_depth` among them, or 8 when none is an integer image.
 
     One depth for the whole data set, so that equal pixel values mean equal intensities in every image: a 12-bit
     X-ray that happens to stay below 1024 is not scaled by 1023 while its neighbours are scaled by 4095. Only
@@ -79,7 +79,7 @@ def data_bit_depth(images: Sequence[Image.Image | str]) -> int | None:
                     depths.append(stored_bit_depth(opened, image))
         elif image.mode in INTEGER_MODES:
             depths.append(stored_bit_depth(image))
-    return max(depths, default=None)
+    return max(depths, default=8)
 
 
 def normalize_image(image: Image.Image, source: str = "image", bit_depth: int | None = None) -> Image.Image:
@@ -134,13 +134,14 @@ def check_image_mode(mode: str, source: str = "image") -> None:
         )
 
 
-def check_image_file(path: str) -> None:
+def check_image_file(path: str) -> int | None:
     """Raise what would make the image at ``path`` fail when a batch draws it: missing, not an image, truncated or
-    corrupt, or of a mode or value range `normalize_image` refuses.
+    corrupt, or of a mode or value range `normalize_image` refuses. Return the `stored_bit_depth` of an integer
+    image (``None`` for other modes), so that a data set finds its `data_bit_depth` in the same pass.
 
     Cheap enough for every row of a data set: a PNG is checked with ``verify`` (every chunk's checksum, no
     decoding), a JPEG is decoded at an eighth of its size, other formats are decoded; the pixels are looked at only
-    for the modes whose range `normalize_image` checks (``I``, ``F``).
+    for integer and float images (their bit depth, their range).
     """
     if not os.path.lexists(path):
         raise FileNotFoundError("file not found")
@@ -154,9 +155,13 @@ def check_image_file(path: str) -> None:
             image.draft(mode, (1, 1))
             image.load()
     check_image_mode(mode, path)
-    if mode in ("I", "F"):
+    if mode in INTEGER_MODES:
+        with Image.open(path) as image:
+            return stored_bit_depth(image, path)
+    if mode == "F":
         with Image.open(path) as image:
             normalize_image(image, path)
+    return None
 
 
 def image_to_tensor(
@@ -166,16 +171,17 @@ def image_to_tensor(
     random_flip: bool = False,
     aug_seed: int = 0,
     source: str = "image",
+    bit_depth: int | None = None,
 ) -> torch.Tensor:
     """Resize (shorter side), crop to a square and scale an image to a ``3 x H x W`` tensor in [-1, 1].
 
     The same transforms as diffusers' training scripts, without torchvision. Random crop and flip draw from
     ``aug_seed``, so an augmentation is a pure function of the sample and the step. Pixels are scaled by bit depth
-    (`normalize_image`; ``source`` names the image in its errors): 8-bit images as ``x / 127.5 - 1``, deeper
-    grayscale ones resized in float and repeated to 3 channels.
+    (`normalize_image` with ``bit_depth``; ``source`` names the image in its errors): 8-bit images as
+    ``x / 127.5 - 1``, deeper grayscale ones resized in float and repeated to 3 channels.
     """
-    image = normalize_image(image, source)
-    if image.mode != "F":
+    image = normalize_image(image, source, bit_depth)
+    if image.mode == "L":
         image = image.convert("RGB")
     rng = np.random.default_rng(aug_seed)
     if resolution is not None:
@@ -240,7 +246,7 @@ class ImageCaptionDataset(Dataset):
         return len(self.images)
 
     def load_image(self, index: int) -> Image.Image:
-        """Return sample ``index`` as `normalize_image` gives it, opening it from disk if it is a path.
+        """Return sample ``index`` as stored (decoded, not yet scaled), opening it from disk if it is a path.
 
         A file that cannot be read raises an `OSError` that names it (Pillow's "image file is truncated" does not).
         """
@@ -248,17 +254,24 @@ class ImageCaptionDataset(Dataset):
         if isinstance(image, str):
             try:
                 with Image.open(image) as opened:
-                    return normalize_image(opened, image, self.bit_depth)
+                    opened.load()
+                    return opened
             except OSError as err:
                 raise OSError(f"{image}: {err}") from err
-        return normalize_image(image, f"sample {index}", self.bit_depth) if image.mode in INTEGER_MODES else image
+        return image
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, aug_seed = key if isinstance(key, tuple) else (key, 0)
         image = self.images[index]
         source = image if isinstance(image, str) else f"sample {index}"
         pixel_values = image_to_tensor(
-            self.load_image(index), self.resolution, self.center_crop, self.random_flip, aug_seed, source
+            self.load_image(index),
+            self.resolution,
+            self.center_crop,
+            self.random_flip,
+            aug_seed,
+            source,
+            self.bit_depth,
         )
         return {"pixel_values": pixel_values, "caption": self.captions[index], "index": index}
 
@@ -304,11 +317,12 @@ class ImageCaptionDataset(Dataset):
                     line_numbers.append(line_number)
         _check_columns(rows, metadata_path, image_column, caption_column)
         images = [os.path.join(root, str(row[image_column])) for row in rows]
-        problems = {
-            line: _outside_folder(row[image_column]) or _image_file_problem(path)
+        checks = {
+            line: _inspect(path, outside=_outside_folder(row[image_column]))
             for line, row, path in zip(line_numbers, rows, images)
         }
-        _raise_bad_rows(metadata_path, image_column, dict(zip(line_numbers, rows)), problems)
+        _raise_bad_rows(metadata_path, image_column, dict(zip(line_numbers, rows)), checks)
+        kwargs.setdefault("bit_depth", _common_bit_depth(checks))
         return cls(images, [row[caption_column] for row in rows], metadata=rows, **kwargs)
 
     @classmethod
@@ -333,12 +347,9 @@ class ImageCaptionDataset(Dataset):
         base = os.path.dirname(os.path.abspath(path))
         images = [os.path.join(base, row[image_column]) for row in rows]
         # line 1 is the header (a caption with a line break would shift the numbers; the file names are exact)
-        _raise_bad_rows(
-            path,
-            image_column,
-            dict(enumerate(rows, 2)),
-            {line: _image_file_problem(image) for line, image in enumerate(images, 2)},
-        )
+        checks = {line: _inspect(image) for line, image in enumerate(images, 2)}
+        _raise_bad_rows(path, image_column, dict(enumerate(rows, 2)), checks)
+        kwargs.setdefault("bit_depth", _common_bit_depth(checks))
         return cls(images, [row[caption_column] for row in rows], metadata=rows, **kwargs)
 
     @classmethod
@@ -367,22 +378,29 @@ def _outside_folder(file_name: Any) -> str | None:
     return None
 
 
-def _image_file_problem(path: str) -> str | None:
-    """What `check_image_file` finds wrong with ``path``, as one line, or ``None``."""
+def _inspect(path: str, outside: str | None = None) -> tuple[str | None, int | None]:
+    """What is wrong with a row's image as one line (``outside``, why its name leaves the data folder, or what
+    `check_image_file` finds; ``None`` when nothing is), and the image's bit depth."""
+    if outside:
+        return outside, None
     try:
-        check_image_file(path)
+        return None, check_image_file(path)
     except (FileNotFoundError, IsADirectoryError, ValueError) as err:
-        return str(err).replace(f"{path}: ", "")
+        return str(err).replace(f"{path}: ", ""), None
     except IMAGE_ERRORS as err:
-        return f"{type(err).__name__}: {err}"
-    return None
+        return f"{type(err).__name__}: {err}", None
+
+
+def _common_bit_depth(checks: dict[int, tuple[str | None, int | None]]) -> int:
+    """The `data_bit_depth` of checked rows: the largest integer image's bit depth, 8 when there is none."""
+    return max((depth for _, depth in checks.values() if depth is not None), default=8)
 
 
 def _raise_bad_rows(
-    source: str, image_column: str, rows: dict[int, dict[str, Any]], problems: dict[int, str | None]
+    source: str, image_column: str, rows: dict[int, dict[str, Any]], checks: dict[int, tuple[str | None, int | None]]
 ) -> None:
     """Raise one `ValueError` listing every row of ``source`` with a problem (line, file name, what is wrong)."""
-    bad = {line: problem for line, problem in problems.items() if problem}
+    bad = {line: problem for line, (problem, _) in checks.items() if problem}
     if bad:
         listing = "\n".join(
             f"  line {line} ({rows[line][image_column]!r}): {problem}" for line, problem in bad.items()
