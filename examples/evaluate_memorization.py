@@ -11,23 +11,35 @@ The same scoring as ``memcontrol demo`` (`peft_memcontrol.evaluation.evaluate_mo
         --num_fid_images 1000 --num_attack_prompts 100 --num_generations 50 \\
         --resolution 224 --mixed_precision fp16 --output_dir eval-memcontrol
 
+Before any model is scored, the thresholds are measured on your data:
+
+* the **copy threshold** (cosine similarity in ``--feature``'s space) is calibrated so that held-out images
+  (``--test_data_dir``, never trained on) exceed it at ``--false_positive_rate``; its detection rate on near copies of
+  training images (noise, blur, JPEG, shift, crop) is measured too. Replication, MiFID's tau and the duplicate search
+  use it. The papers' constants (0.5, 0.1) were set for other feature spaces and are not applied;
+* the **extraction threshold** is checked against the autoencoder's own reconstructions of the attacked images and
+  the distance between distinct images: when it cannot tell a copy from a distinct image, the report says so.
+
 What it measures (lower is better for all but AMD):
 
-* **FID** between one generation per held-out prompt and the held-out images (``--test_data_dir``), and **MiFID**
-  (FID / AMD when that AMD is below 0.1);
+* **FID** between one generation per held-out prompt and the held-out images, and **MiFID** (FID / AMD when that AMD
+  is below the calibrated tau);
 * the **extraction attack** (Carlini et al. 2023 style) on the attacked prompts: ``--num_generations`` seeded
   generations per prompt; a prompt is *flagged* when ``--min_group_size`` of them lie within
   ``--extraction_threshold`` (tiled L2) of each other, *extracted* when that group's representative is also that
   close to an attacked training image;
 * **AMD** (average minimum cosine distance of those generations to the training images; lower = closer copies) and
-  the **replication** rate (share of generations with cosine similarity above 0.5 to a training image) with its 95th
-  percentile;
+  the **replication** rate (share of generations above the calibrated copy threshold) with its 95th percentile of
+  similarities;
 * Wen et al.'s **noise-norm** score of the attacked prompts.
 
-The attacked prompts are the rows of ``--memorization_data_dir`` when given (for example the duplicated subset a
-model was trained on), else ``--num_attack_prompts`` training rows drawn with ``--seed``. Images are embedded in
-``--feature`` (default ``efficientnet-lite0``, offline; ``inception`` is the standard FID space, and a Hugging Face
-image model such as a chest X-ray encoder can be named instead).
+The attacked prompts are the rows of ``--memorization_data_dir`` when given. Otherwise the training rows are searched
+for **duplicates** (equal pixels, or similarity above the copy threshold; users rarely know which rows are
+duplicated, and those are the ones a model memorizes): one prompt of each duplicate group is attacked, largest groups
+first, and random training rows (``--seed``) fill up to ``--num_attack_prompts``. The groups are listed in the report,
+with a verdict in words and the calibration. Images are embedded in ``--feature`` (default ``efficientnet-lite0``,
+offline; ``inception`` is the standard FID space, and a Hugging Face image model such as a chest X-ray encoder can be
+named instead).
 
 ``--adapter_dir`` is a training output of ``examples/train_text_to_image_memcontrol.py``: an adapter folder
 (``adapter_config.json``, loaded with `peft_memcontrol.load_adapter`) or, for ``--method full``, a folder with
@@ -42,6 +54,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,13 +64,23 @@ from safetensors.torch import save_file
 
 from peft_memcontrol import load_adapter
 from peft_memcontrol.evaluation import (
+    EvaluationCalibration,
     EvaluationData,
     EvaluationSettings,
     ModelScores,
     SplitImages,
     evaluate_model,
+    feature_bank,
     load_split,
     markdown_table,
+    memorization_verdict,
+    vae_reconstructions,
+)
+from peft_memcontrol.metrics import (
+    DuplicateGroup,
+    calibrate_copy_detection,
+    calibrate_extraction_threshold,
+    find_duplicate_groups,
 )
 from peft_memcontrol.tiny_sd import tiny_pipeline_path
 
@@ -95,8 +118,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data (diffusers image folders with metadata.jsonl)")
     data.add_argument("--train_data_dir", required=True, help="The training images (AMD / replication reference).")
     data.add_argument("--test_data_dir", required=True, help="Held-out images and prompts (FID).")
-    data.add_argument("--memorization_data_dir", default=None, help="Prompts to attack; default: drawn from train.")
-    data.add_argument("--num_attack_prompts", type=int, default=10, help="Without --memorization_data_dir.")
+    data.add_argument(
+        "--memorization_data_dir", default=None, help="Prompts to attack; default: the duplicates found in train."
+    )
+    data.add_argument(
+        "--num_attack_prompts",
+        type=int,
+        default=10,
+        help="Without --memorization_data_dir: duplicate groups first (largest first), then random training rows.",
+    )
     data.add_argument("--num_fid_images", type=int, default=None, help="Held-out rows used (default: all).")
     data.add_argument("--max_train_images", type=int, default=None, help="Cap the reference set (default: all).")
     data.add_argument("--resolution", type=int, default=None, help="Image size; default: the model's native size.")
@@ -110,6 +140,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     scoring.add_argument("--noise_norm_generations", type=int, default=4)
     scoring.add_argument("--feature", default="efficientnet-lite0", help="Feature space of FID / AMD / replication.")
     scoring.add_argument("--generation_batch_size", type=int, default=None)
+    scoring.add_argument(
+        "--false_positive_rate",
+        type=float,
+        default=0.01,
+        help="Target rate at which unseen images are called copies; sets the calibrated copy threshold.",
+    )
     scoring.add_argument("--seed", type=int, default=0)
 
     output = parser.add_argument_group("output")
@@ -159,23 +195,101 @@ def native_resolution(pipeline: Any) -> int:
     return int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
 
 
-def load_data(args: argparse.Namespace, resolution: int) -> EvaluationData:
-    """The `EvaluationData` of the three folders (see the module docstring for the attacked prompts).
+@dataclass
+class AttackPlan:
+    """What is attacked: the duplicate groups found in the training rows, one prompt each, then random rows."""
 
-    With ``--max_train_images``, the attacked images are added to the drawn reference set, so AMD and replication
-    always see the images the attack looks for (a repeated image changes neither).
+    groups: list[DuplicateGroup]
+    attacked_groups: list[DuplicateGroup]
+    random_rows: list[int]
+
+
+def plan_attack(training: SplitImages, groups: list[DuplicateGroup], num_prompts: int, seed: int) -> AttackPlan:
+    """The rows to attack: the first row of each duplicate group (largest first) up to ``num_prompts``, then rows
+    drawn with ``seed`` from the others, so that ``num_prompts`` are attacked when the data has that many."""
+    attacked = groups[:num_prompts]
+    in_groups = {index for group in groups for index in group.indices}
+    others = [index for index in range(len(training.captions)) if index not in in_groups]
+    count = min(num_prompts - len(attacked), len(others))
+    order = torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))[:count]
+    return AttackPlan(groups, attacked, sorted(others[i] for i in order.tolist()))
+
+
+def select_rows(split: SplitImages, rows: Sequence[int]) -> SplitImages:
+    """The given rows of a split, in that order."""
+    names = [split.file_names[i] for i in rows] if split.file_names else None
+    return SplitImages(split.images[list(rows)], [split.captions[i] for i in rows], names)
+
+
+def load_data(args: argparse.Namespace, resolution: int) -> tuple[EvaluationData, AttackPlan | None, Any]:
+    """The `EvaluationData` of the folders, the attack plan, and the copy calibration (see the module docstring).
+
+    Every training row is read (``--max_train_images``: a seeded sample), duplicates included: the reference set of
+    AMD and replication, and where duplicate groups are looked for. With ``--memorization_data_dir`` and
+    ``--max_train_images``, the attacked images are added to the sample.
     """
     test = load_split(args.test_data_dir, resolution, max_images=args.num_fid_images, seed=args.seed)
+    training = load_split(
+        args.train_data_dir, resolution, unique=False, max_images=args.max_train_images, seed=args.seed
+    )
+    settings = evaluation_settings(args, resolution)
+    features = feature_bank(settings.feature, settings.feature_device)
+    copy = calibrate_copy_detection(
+        training.images, test.images, features.fixed, settings.false_positive_rate, seed=args.seed
+    )
     if args.memorization_data_dir:
-        memorization = load_split(args.memorization_data_dir, resolution)
+        memorization, plan = load_split(args.memorization_data_dir, resolution), None
+        if args.max_train_images is not None:  # the sampled reference set must hold the images the attack looks for
+            training = SplitImages(
+                torch.cat([memorization.images, training.images]),
+                memorization.captions + training.captions,
+                (memorization.file_names or []) + (training.file_names or []),
+            )
     else:
-        memorization = load_split(args.train_data_dir, resolution, max_images=args.num_attack_prompts, seed=args.seed)
-    training = load_split(args.train_data_dir, resolution, max_images=args.max_train_images, seed=args.seed + 1)
-    if args.max_train_images is not None:
-        training = SplitImages(
-            torch.cat([memorization.images, training.images]), memorization.captions + training.captions
-        )
-    return EvaluationData(test=test, memorization=memorization, training=training)
+        groups = find_duplicate_groups(training.images, features.fixed(training.images), copy.threshold)
+        plan = plan_attack(training, groups, args.num_attack_prompts, args.seed)
+        memorization = select_rows(training, [g.indices[0] for g in plan.attacked_groups] + plan.random_rows)
+    return EvaluationData(test=test, memorization=memorization, training=training), plan, copy
+
+
+def evaluation_settings(args: argparse.Namespace, resolution: int, device: Any = None) -> EvaluationSettings:
+    """The `EvaluationSettings` of the command line."""
+    return EvaluationSettings(
+        num_generations=args.num_generations,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        extraction_threshold=args.extraction_threshold,
+        min_group_size=args.min_group_size,
+        noise_norm_generations=args.noise_norm_generations,
+        feature=args.feature,
+        feature_device=device,
+        seed=args.seed,
+        generation_batch_size=args.generation_batch_size,
+        image_size=resolution,
+        false_positive_rate=args.false_positive_rate,
+    )
+
+
+def describe_plan(plan: AttackPlan | None, training: SplitImages, num_attacked: int) -> list[str]:
+    """Lines for the report: the duplicate groups found and what was attacked."""
+    if plan is None:
+        return [f"Attacked: the {num_attacked} rows of --memorization_data_dir."]
+    lines = [
+        f"Duplicate groups in the training rows: {len(plan.groups)} (exact pixels, or cosine similarity above the "
+        "copy threshold)."
+    ]
+    for group in plan.groups[:20]:
+        names = ", ".join(training.file_names[i] for i in group.indices[:6])
+        more = f" and {group.size - 6} more" if group.size > 6 else ""
+        kind = "exact copies" if group.exact else f"near copies (similarity >= {group.min_similarity:.3f})"
+        lines.append(f"- {group.size} rows, {kind}: {names}{more}")
+    if len(plan.groups) > 20:
+        lines.append(f"- ... and {len(plan.groups) - 20} more groups")
+    lines.append(
+        f"Attacked: {len(plan.attacked_groups)} duplicate groups (one prompt each) and {len(plan.random_rows)} random "
+        "rows."
+    )
+    return lines
 
 
 def save_generations(scores: ModelScores, output_dir: str) -> str:
@@ -197,39 +311,57 @@ def save_generations(scores: ModelScores, output_dir: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Load, generate, score, write ``results.json`` and ``results.md``; returns the results."""
+    """Load, calibrate, find duplicates, generate, score; write ``results.json`` and ``results.md``; returns the
+    results."""
     args = parse_args(argv)
     pipeline = load_pipeline(args)
     resolution = args.resolution or native_resolution(pipeline)
-    data = load_data(args, resolution)
-    settings = EvaluationSettings(
-        num_generations=args.num_generations,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        extraction_threshold=args.extraction_threshold,
-        min_group_size=args.min_group_size,
-        noise_norm_generations=args.noise_norm_generations,
-        feature=args.feature,
-        feature_device=pipeline.device,
-        seed=args.seed,
-        generation_batch_size=args.generation_batch_size,
-        image_size=resolution,
+    data, plan, copy = load_data(args, resolution)
+    settings = evaluation_settings(args, resolution, pipeline.device)
+    attack = calibrate_extraction_threshold(
+        data.memorization.images,
+        vae_reconstructions(pipeline, data.memorization.images),
+        data.test.images,
+        settings.extraction_threshold,
     )
-    scores = evaluate_model(pipeline, data, settings, keep_generations=args.save_generations)
+    calibration = EvaluationCalibration(copy, attack)
+    scores = evaluate_model(pipeline, data, settings, keep_generations=args.save_generations, calibration=calibration)
 
     os.makedirs(args.output_dir, exist_ok=True)
     label = args.label or (os.path.basename(os.path.normpath(args.adapter_dir)) if args.adapter_dir else "base model")
     values = scores.table_values()
+    num_attacked = len(data.memorization.captions)
+    verdict = memorization_verdict(
+        scores.num_extracted,
+        scores.num_flagged,
+        num_attacked,
+        scores.replication_rate,
+        num_attacked * args.num_generations,
+        calibration,
+    )
+    plan_lines = describe_plan(plan, data.training, num_attacked)
     results = {
         "label": label,
         "scores": values,
+        "verdict": verdict,
+        "calibration": calibration.to_dict(),
+        "duplicate_groups": [
+            {
+                "rows": group.indices,
+                "file_names": [data.training.file_names[i] for i in group.indices],
+                "exact": group.exact,
+                "min_similarity": group.min_similarity,
+            }
+            for group in (plan.groups if plan else [])
+        ],
         "per_prompt": [
             {key: record[key] for key in ("prompt", "group_size", "distance", "extracted")}
             for record in scores.prompt_records
         ],
         "counts": {
             "test_images": len(data.test.captions),
-            "attacked_prompts": len(data.memorization.captions),
+            "attacked_prompts": num_attacked,
+            "attacked_duplicate_groups": len(plan.attacked_groups) if plan else 0,
             "reference_images": len(data.training.captions),
         },
         "settings": {**vars(args), "resolution": resolution},
@@ -239,9 +371,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     table = markdown_table([{"method": label, **values}], TABLE_COLUMNS)
+    report = [table, verdict, "", *plan_lines, "", "Calibration:", *(f"- {line}" for line in calibration.describe())]
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
-    print(table, end="")
+        handle.write("\n".join(report) + "\n")
+    print("\n".join(report))
     print(f"Results in {args.output_dir}/results.json")
     return results
 

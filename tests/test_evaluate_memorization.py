@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import peft_memcontrol as pm
 from peft_memcontrol.evaluation import load_split
 from peft_memcontrol.metrics import get_feature_extractor
-from peft_memcontrol.sample_data import build_digits_dataset
+from peft_memcontrol.sample_data import build_digits_dataset, lfw_faces
 from peft_memcontrol.tiny_sd import load_tiny_pipeline, tiny_pipeline_path
 from peft_memcontrol.training import MemControlTrainer, TrainingConfig, load_training_dataset
 
@@ -64,11 +64,17 @@ def test_scores_match_an_independent_amd(digits, tmp_path):
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["scores"] == pytest.approx(results["scores"])
-    assert saved["counts"] == {"test_images": 5, "attacked_prompts": 2, "reference_images": 8}
+    # every training row is the reference set: 8 images, 2 of them with 3 copies each
+    assert saved["counts"] == {
+        "test_images": 5,
+        "attacked_prompts": 2,
+        "attacked_duplicate_groups": 0,
+        "reference_images": 12,
+    }
     assert saved["settings"]["resolution"] == 32  # the tiny pipeline's native size
     assert len(saved["per_prompt"]) == 2
     assert 0 <= saved["scores"]["extracted"] <= saved["scores"]["flagged"] <= 2
-    header, rule, row = (out / "results.md").read_text().splitlines()
+    header, rule, row = (out / "results.md").read_text().splitlines()[:3]
     cells = dict(
         zip([cell.strip() for cell in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")])
     )
@@ -87,7 +93,13 @@ def test_scores_match_an_independent_amd(digits, tmp_path):
     amd = (1.0 - generated @ training.T).min(dim=1).values.mean().item()
     assert saved["scores"]["amd"] == pytest.approx(amd, abs=1e-4)
     similarity = (generated @ training.T).max(dim=1).values
-    assert saved["scores"]["replication"] == pytest.approx((similarity > 0.5).float().mean().item())
+    threshold = saved["calibration"]["copy"]["threshold"]
+    assert saved["scores"]["replication"] == pytest.approx((similarity > threshold).float().mean().item())
+    # the threshold is the largest held-out similarity (5 held-out images cannot reach 1%: rate 1/6)
+    with torch.no_grad():
+        held_out = torch.nn.functional.normalize(extractor(load_split(digits.test_dir, 32).images), dim=1)
+    assert threshold == pytest.approx((held_out @ training.T).max().item(), abs=1e-5)
+    assert saved["calibration"]["copy"]["false_positive_rate"] == pytest.approx(1 / 6)
 
 
 @pytest.mark.slow
@@ -108,8 +120,10 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path):
     common += ["--num_attack_prompts", "3", "--max_train_images", "4", "--num_fid_images", "4"]
     base = script.main([*common, "--output_dir", str(tmp_path / "base")])
     tuned = script.main([*common, "--adapter_dir", str(adapter), "--output_dir", str(tmp_path / "tuned")])
-    # attacked prompts drawn from the training rows; the reference set holds them plus 4 drawn images
-    assert base["counts"] == tuned["counts"] == {"test_images": 4, "attacked_prompts": 3, "reference_images": 7}
+    # attacked prompts: one per duplicate group among the 4 drawn rows, then random rows among them
+    assert base["counts"] == tuned["counts"]
+    assert base["counts"]["test_images"] == 4 and base["counts"]["reference_images"] == 4
+    assert base["counts"]["attacked_prompts"] == 3
     assert tuned["label"] == "adapter" and tuned["scores"]["fid"] != base["scores"]["fid"]
 
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json nor unet/config.json"):
@@ -147,3 +161,77 @@ def test_rows_share_a_source_only_through_source_id(tmp_path):
     everything = load_split(str(tmp_path), resolution=16, unique=False)
     assert len(everything.captions) == 4
     assert torch.equal(split.images[1:], everything.images[2:])
+
+
+def write_faces_with_hidden_duplicates(root: Path) -> tuple[Path, Path, dict[str, list[str]]]:
+    """A user's folder: 24 distinct LFW faces, three of them exported 5 more times under other names (no
+    ``source_id``), and 20 held-out faces. Returns the two folders and the planted groups' file names."""
+    faces = lfw_faces(32)
+    train, test = root / "train", root / "test"
+    planted: dict[str, list[str]] = {}
+    for folder in (train, test):
+        folder.mkdir(parents=True)
+    rows = [(i, f"face_{i:02d}.png") for i in range(24)]
+    rows += [(i, f"export_{i}_{k}.png") for i in (3, 11, 17) for k in range(5)]
+    with open(train / "metadata.jsonl", "w") as handle:
+        for index, file_name in rows:
+            faces[index].save(train / file_name)
+            handle.write(json.dumps({"file_name": file_name, "text": f"a photo of person {index}"}) + "\n")
+            if index in (3, 11, 17):
+                planted.setdefault(f"a photo of person {index}", []).append(file_name)
+    with open(test / "metadata.jsonl", "w") as handle:
+        for index in range(60, 80):
+            faces[index].save(test / f"held_{index}.png")
+            handle.write(json.dumps({"file_name": f"held_{index}.png", "text": f"a photo of person {index}"}) + "\n")
+    return train, test, planted
+
+
+@pytest.mark.slow
+def test_duplicates_are_found_and_attacked_without_being_told(tmp_path):
+    train, test, planted = write_faces_with_hidden_duplicates(tmp_path / "data")
+    out = tmp_path / "eval"
+    results = script.main(
+        ["--train_data_dir", str(train), "--test_data_dir", str(test), "--output_dir", str(out), *FAST]
+        + ["--num_attack_prompts", "5", "--false_positive_rate", "0.05"]
+    )
+    exact = [group["file_names"] for group in results["duplicate_groups"] if group["exact"]]
+    assert exact == list(planted.values())  # the planted groups, largest first, nothing else exact
+    threshold = results["calibration"]["copy"]["threshold"]
+    # any other group links distinct files above the calibrated threshold (its false-positive rate at work)
+    assert all(g["min_similarity"] > threshold for g in results["duplicate_groups"] if not g["exact"])
+    attacked = [record["prompt"] for record in results["per_prompt"]]
+    assert attacked[:3] == list(planted) and len(attacked) == 5  # the 3 largest groups first
+    assert results["counts"]["attacked_duplicate_groups"] >= 3 and results["counts"]["reference_images"] == 39
+
+    # the attack's calibration, recomputed: the tiny VAE's reconstructions of the attacked faces, by hand
+    pipeline = load_tiny_pipeline()
+    attacked_images = torch.stack([_read(train / planted[prompt][0]) for prompt in planted])
+    with torch.no_grad():
+        latents = pipeline.vae.encode(attacked_images * 2 - 1).latent_dist.mean
+        rebuilt = (pipeline.vae.decode(latents).sample.clamp(-1, 1) + 1) / 2
+    distances = [tiled_rms(a.numpy(), b.numpy()) for a, b in zip(attacked_images, rebuilt)]
+    calibration = results["calibration"]
+    assert calibration["attack"]["reconstruction_max"] >= max(distances) - 1e-4  # 3 of the 5 attacked images
+    report = (out / "results.md").read_text()
+    assert ("WARNING" in report) == calibration["attack"]["blind"]
+    assert results["verdict"] in report and "copy threshold: cosine similarity >" in report
+    assert "5 rows" not in report and "6 rows, exact copies: face_03.png, export_3_0.png" in report
+
+
+def _read(path: Path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def tiled_rms(a: np.ndarray, b: np.ndarray, grid: int = 4) -> float:
+    """The attack's distance by explicit loops over a 4 x 4 grid of tiles (RMS per tile, max over tiles)."""
+    rows, columns = np.array_split(np.arange(a.shape[1]), grid), np.array_split(np.arange(a.shape[2]), grid)
+    return max(
+        float(
+            np.sqrt(
+                ((a[:, r[0] : r[-1] + 1, c[0] : c[-1] + 1] - b[:, r[0] : r[-1] + 1, c[0] : c[-1] + 1]) ** 2).mean()
+            )
+        )
+        for r in rows
+        for c in columns
+    )

@@ -120,8 +120,8 @@ def test_fid_matches_the_closed_form_with_scipy(features):
 
 
 def test_mifid_divides_by_amd_only_below_the_threshold(features):
-    assert mifid(10.0, 0.05).item() == pytest.approx(200.0)
-    assert mifid(10.0, 0.5).item() == pytest.approx(10.0)
+    assert mifid(10.0, 0.05, 0.1).item() == pytest.approx(200.0)
+    assert mifid(10.0, 0.5, 0.1).item() == pytest.approx(10.0)
     generated, training = features
     metric = MemorizationInformedFID(feature=None, num_features=training.shape[1], threshold=1.0)
     metric.update(generated, real=False)

@@ -6,15 +6,20 @@
 `markdown_table` lays scores out. The metrics themselves live in `peft_memcontrol.metrics`.
 """
 
+from .calibration import EvaluationCalibration, calibrate_evaluation, vae_reconstructions
 from .data import EvaluationData, SplitImages, dataset_split, load_evaluation_data, load_split
 from .evaluate import ModelScores, evaluate_model
 from .features import FeatureBank, feature_bank
 from .generation import generate
 from .settings import EvaluationSettings
 from .table import markdown_table
+from .verdict import memorization_verdict
 
 
 __all__ = [
+    "EvaluationCalibration",
+    "calibrate_evaluation",
+    "vae_reconstructions",
     "EvaluationData",
     "EvaluationSettings",
     "FeatureBank",
@@ -27,4 +32,5 @@ __all__ = [
     "load_evaluation_data",
     "load_split",
     "markdown_table",
+    "memorization_verdict",
 ]

@@ -13,10 +13,11 @@ from ..training import load_training_dataset
 
 @dataclass
 class SplitImages:
-    """Images (``[0, 1]``, NCHW) and captions of one data folder, each image once."""
+    """Images (``[0, 1]``, NCHW) and captions of one data folder; ``file_names`` name each row's file when known."""
 
     images: torch.Tensor
     captions: list[str]
+    file_names: list[str] | None = None
 
 
 @dataclass
@@ -65,7 +66,9 @@ def load_split(
             raise ValueError(f"max_images must be at least 1, got {max_images}.")
         chosen = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:max_images]
         indices = [indices[i] for i in sorted(chosen.tolist())]
-    return dataset_split(dataset, indices)
+    split = dataset_split(dataset, indices)
+    split.file_names = [str(dataset.metadata[i].get("file_name", i)) for i in indices]
+    return split
 
 
 def load_evaluation_data(folders: Any, resolution: int = 32) -> EvaluationData:

@@ -1,25 +1,33 @@
 """`evaluate_model`: score one text-to-image model for quality and memorization, with `peft_memcontrol.metrics`.
 
-* FID (and MiFID) between generations for the held-out prompts and the held-out images;
+* FID, KID (with its standard error; the estimator meaningful on tens of images) and MiFID between generations for
+  the held-out prompts and the held-out images;
 * the extraction attack on the memorized prompts (``num_generations`` seeded generations each; a generation counts
   when it reproduces any memorized image, as in Carlini et al., not only its own prompt's);
 * AMD and replication rate of those generations against the training images (unique images);
 * Wen et al.'s noise-norm score of the memorized prompts.
 
-All in the offline EfficientNet-Lite0 feature space by default. Generations are seeded, so a model scores the same
+Replication's threshold and MiFID's tau are calibrated on the data itself (`calibrate_evaluation`: held-out images
+against the training images, at ``settings.false_positive_rate``), and the attack's threshold is checked against the
+autoencoder's reconstructions; the scores carry that calibration so that every report can print it. Every image set is
+compared at the generations' size (data loaded at another size is resized, with a warning). All in the offline
+EfficientNet-Lite0 feature space by default. Generations are seeded, so a model scores the same
 on every run. The demo scores every model with it, and ``examples/evaluate_memorization.py`` is its command line for
 one's own image folders.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..metrics import ExtractionAttackConfig, evaluate_generations, extraction_attack_on_images, noise_norm_score
-from .data import EvaluationData
+from .calibration import EvaluationCalibration, calibrate_evaluation
+from .data import EvaluationData, SplitImages
 from .features import feature_bank
 from .generation import generate
 from .settings import EvaluationSettings
@@ -31,9 +39,11 @@ class ModelScores:
     and its distance to the training image (for the nearest-neighbour picture). With ``keep_generations``,
     `evaluate_model` also returns the images it scored: ``test_generations`` (one per held-out prompt, FID's) and
     ``attack_generations`` (``num_generations`` per memorized prompt; AMD's, replication's and the attack's), in
-    ``[0, 1]``, NCHW."""
+    ``[0, 1]``, NCHW. ``calibration`` is the threshold calibration the scores used."""
 
     fid: float
+    kid: float
+    kid_standard_error: float
     mifid: float
     amd: float
     replication_rate: float
@@ -41,6 +51,7 @@ class ModelScores:
     num_flagged: int
     num_extracted: int
     noise_norm: float
+    calibration: EvaluationCalibration | None = field(default=None, repr=False)
     prompt_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     test_generations: torch.Tensor | None = field(default=None, repr=False)
     attack_generations: list[torch.Tensor] | None = field(default=None, repr=False)
@@ -49,6 +60,8 @@ class ModelScores:
         """The scalar scores, by column name."""
         return {
             "fid": self.fid,
+            "kid": self.kid,
+            "kid_se": self.kid_standard_error,
             "amd": self.amd,
             "mifid": self.mifid,
             "extracted": self.num_extracted,
@@ -59,9 +72,31 @@ class ModelScores:
         }
 
 
+logger = logging.getLogger(__name__)
+
+
+def _resize(split: SplitImages, size: torch.Size, name: str) -> SplitImages:
+    """``split`` at the generations' ``size`` (bilinear, antialiased), with a warning when it had another size."""
+    if split.images.shape[-2:] == size:
+        return split
+    logger.warning(
+        "The %s images are %s px and the generations %s px: resizing them to the generations' size, so that every "
+        "embedding and distance compares images of one size.",
+        name,
+        "x".join(map(str, split.images.shape[-2:])),
+        "x".join(map(str, size)),
+    )
+    images = F.interpolate(split.images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return SplitImages(images.clamp(0, 1), split.captions)
+
+
 @torch.no_grad()
 def evaluate_model(
-    pipeline: Any, data: EvaluationData, settings: EvaluationSettings, keep_generations: bool = False
+    pipeline: Any,
+    data: EvaluationData,
+    settings: EvaluationSettings,
+    keep_generations: bool = False,
+    calibration: EvaluationCalibration | None = None,
 ) -> ModelScores:
     """Score a text-to-image pipeline on ``data`` (see the module docstring).
 
@@ -71,10 +106,21 @@ def evaluate_model(
             training images (AMD's and replication's reference).
         settings: generation, feature space and attack settings.
         keep_generations: also return the scored generations in the `ModelScores`.
+        calibration: the thresholds measured on ``data`` (`calibrate_evaluation`); computed here when ``None``.
+            Pass one to score many models on the same data without recalibrating.
     """
     features = feature_bank(settings.feature, settings.feature_device)
-    test_images = data.test.images[: settings.num_fid_images]
     test_generations = generate(pipeline, data.test.captions[: settings.num_fid_images], settings)
+    size = test_generations.shape[-2:]
+    data = replace(
+        data,
+        test=_resize(data.test, size, "held-out"),
+        memorization=_resize(data.memorization, size, "memorized"),
+        training=_resize(data.training, size, "training"),
+    )
+    if calibration is None:
+        calibration = calibrate_evaluation(pipeline, data, settings, features)
+    test_images = data.test.images[: settings.num_fid_images]
     # Each memorized prompt has a seed of its own, so its generations do not depend on the prompts before it.
     per_prompt = [
         generate(pipeline, [prompt], settings, settings.num_generations, seed=settings.seed + k)
@@ -91,8 +137,12 @@ def evaluate_model(
         ),
     )
     training, test = features.fixed(data.training.images), features.fixed(test_images)
-    quality = evaluate_generations(test_generations, training, test, feature=features.extractor)
-    copying = evaluate_generations(torch.cat(per_prompt), training, test, feature=features.extractor)
+    quality = evaluate_generations(
+        test_generations, training, test, feature=features.extractor, calibration=calibration.copy
+    )
+    copying = evaluate_generations(
+        torch.cat(per_prompt), training, test, feature=features.extractor, calibration=calibration.copy
+    )
     noise = noise_norm_score(
         pipeline,
         data.memorization.captions,
@@ -116,6 +166,8 @@ def evaluate_model(
     ]
     return ModelScores(
         fid=float(quality.fid),
+        kid=float(quality.kid.mean),
+        kid_standard_error=float(quality.kid.standard_error),
         mifid=float(quality.mifid),
         amd=float(copying.amd.amd),
         replication_rate=float(copying.replication.rate),
@@ -123,6 +175,7 @@ def evaluate_model(
         num_flagged=attack.num_flagged,
         num_extracted=attack.num_extracted,
         noise_norm=float(noise.mean()),
+        calibration=calibration,
         prompt_records=records,
         test_generations=test_generations if keep_generations else None,
         attack_generations=per_prompt if keep_generations else None,

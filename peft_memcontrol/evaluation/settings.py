@@ -31,6 +31,8 @@ class EvaluationSettings:
         image_size: height and width of the generations and of the noise-norm score's latents; ``None``: the
             pipeline's native size.
         num_fid_images: held-out prompts (the first ones) generated for FID; ``None``: all of them.
+        false_positive_rate: target rate at which held-out images may be called copies; the copy threshold of
+            replication, MiFID and duplicate detection is calibrated to it on the evaluation's own data.
     """
 
     num_generations: int = 4
@@ -45,6 +47,7 @@ class EvaluationSettings:
     generation_batch_size: int | None = None
     image_size: int | None = None
     num_fid_images: int | None = None
+    false_positive_rate: float = 0.01
 
     @property
     def batch_size(self) -> int:

@@ -13,6 +13,19 @@ from .amd import (
     average_min_cosine_distance,
     mifid,
 )
+from .calibration import (
+    INCEPTION_MIFID_THRESHOLD,
+    NEAR_COPY_TRANSFORMS,
+    SSCD_REPLICATION_THRESHOLD,
+    AttackCalibration,
+    CopyCalibration,
+    calibrate_copy_detection,
+    calibrate_copy_threshold,
+    calibrate_extraction_threshold,
+    fixed_copy_threshold,
+    near_copies,
+)
+from .duplicates import DuplicateGroup, find_duplicate_groups
 from .evaluate import GenerationScores, evaluate_generations
 from .extraction import (
     ExtractedPair,
@@ -37,6 +50,7 @@ from .features import (
 )
 from .fid import FrechetDistance, frechet_distance
 from .images import prepare_images
+from .kernel_distance import KernelDistance, KIDResult, kernel_distance
 from .neighbours import NearestNeighbours, nearest_neighbours
 from .noise_norm import (
     MemorizationReward,
@@ -52,6 +66,18 @@ from .replication import ReplicationRate, ReplicationResult, replication_rate
 
 __all__ = [
     "AMDResult",
+    "AttackCalibration",
+    "CopyCalibration",
+    "DuplicateGroup",
+    "INCEPTION_MIFID_THRESHOLD",
+    "NEAR_COPY_TRANSFORMS",
+    "SSCD_REPLICATION_THRESHOLD",
+    "calibrate_copy_detection",
+    "calibrate_copy_threshold",
+    "calibrate_extraction_threshold",
+    "find_duplicate_groups",
+    "near_copies",
+    "fixed_copy_threshold",
     "AverageMinCosineDistance",
     "CallableFeatures",
     "DEFAULT_FEATURE",
@@ -63,6 +89,9 @@ __all__ = [
     "FrechetDistance",
     "GenerationScores",
     "InceptionFeatures",
+    "KIDResult",
+    "KernelDistance",
+    "kernel_distance",
     "MemorizationInformedFID",
     "MemorizationReward",
     "NearestNeighbours",

@@ -6,8 +6,11 @@ images: more memorization. The reverse direction (each training image to its nea
 torchmetrics' ``MemorizationInformedFrechetInceptionDistance`` uses; it answers "how many training images were
 reproduced" rather than "how many generations are copies", and is offered as ``direction="training_to_generated"``.
 
-MiFID (Bai et al. 2021) = FID / AMD when AMD < ``threshold`` (0.1), else FID: lower is better, and memorization
-(a small AMD) inflates it.
+MiFID (Bai et al. 2021) = FID / AMD when AMD < ``threshold`` (tau), else FID: lower is better, and memorization
+(a small AMD) inflates it. Bai et al.'s tau = 0.1 (`INCEPTION_MIFID_THRESHOLD`) was set for Inception pool features
+and is the default only there; in any other space pass a calibrated tau (`CopyCalibration.distance_threshold`).
+When AMD is below `EXACT_COPY_DISTANCE` (float32 noise of a cosine: the generations are the training images), MiFID is
+``inf``, fully penalized, rather than FID divided by rounding noise.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torchmetrics import Metric
 
+from .calibration import INCEPTION_MIFID_THRESHOLD
 from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
 from .fid import FrechetDistance
 from .images import ImageInput
@@ -24,6 +28,8 @@ from .paired import Direction, PairedFeatureMetric, check_direction
 
 
 MIFID_EPSILON = 1e-15
+#: AMD below which generations are exact copies (cosine distances of identical float32 features are about 1e-7).
+EXACT_COPY_DISTANCE = 1e-5
 
 
 class AMDResult(NamedTuple):
@@ -69,11 +75,24 @@ def average_min_cosine_distance(
     return metric.compute()
 
 
-def mifid(fid: torch.Tensor | float, amd: torch.Tensor | float, threshold: float = 0.1) -> torch.Tensor:
-    """MiFID = FID / AMD if AMD < ``threshold`` else FID (Bai et al. 2021; torchmetrics' thresholding and epsilon)."""
+def mifid(fid: torch.Tensor | float, amd: torch.Tensor | float, threshold: float) -> torch.Tensor:
+    """MiFID = FID / AMD if AMD < ``threshold`` else FID (Bai et al. 2021; torchmetrics' thresholding and epsilon);
+    ``inf`` when AMD < `EXACT_COPY_DISTANCE` (exact copies). ``threshold`` is tau in the AMD's feature space."""
     fid, amd = torch.as_tensor(fid, dtype=torch.float64), torch.as_tensor(amd, dtype=torch.float64)
     penalty = torch.where(amd < threshold, amd, torch.ones_like(amd))
-    return fid / (penalty + MIFID_EPSILON)
+    score = fid / (penalty + MIFID_EPSILON)
+    return torch.where(amd < EXACT_COPY_DISTANCE, torch.full_like(score, float("inf")), score)
+
+
+def default_mifid_threshold(feature: FeatureSpec | None) -> float:
+    """Bai et al.'s tau for the Inception space; refuses every other space, where it means nothing."""
+    if feature == "inception":
+        return INCEPTION_MIFID_THRESHOLD
+    raise ValueError(
+        f"MiFID's tau = {INCEPTION_MIFID_THRESHOLD} was set for Inception pool features, not for feature space "
+        f"{feature!r}. Pass threshold= a tau calibrated on your data: "
+        "peft_memcontrol.metrics.calibrate_copy_detection(...).distance_threshold."
+    )
 
 
 class MemorizationInformedFID(Metric):
@@ -83,7 +102,8 @@ class MemorizationInformedFID(Metric):
         feature: the feature space, as in the other metrics, or ``None`` when updates pass features only.
         num_features: the feature width, needed with ``feature=None`` or a callable without ``num_features``.
         batch_size: images embedded at once.
-        threshold: AMD below which FID is divided by AMD.
+        threshold: AMD below which FID is divided by AMD (tau); default: 0.1 with ``feature="inception"``, required
+            for every other feature space.
         direction: AMD direction (default generated to training; torchmetrics' MiFID uses the reverse).
     """
 
@@ -96,7 +116,7 @@ class MemorizationInformedFID(Metric):
         feature: FeatureSpec | None = DEFAULT_FEATURE,
         num_features: int | None = None,
         batch_size: int = 64,
-        threshold: float = 0.1,
+        threshold: float | None = None,
         direction: Direction = "generated_to_training",
         **kwargs: Any,
     ) -> None:
@@ -106,7 +126,7 @@ class MemorizationInformedFID(Metric):
             raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
         width = num_features if self.feature_extractor is None else self.feature_extractor.num_features
         self.batch_size = batch_size
-        self.threshold = threshold
+        self.threshold = default_mifid_threshold(feature) if threshold is None else threshold
         self.fid = FrechetDistance(feature=None, num_features=width, **kwargs)
         self.amd = AverageMinCosineDistance(direction=direction, feature=None, **kwargs)
 

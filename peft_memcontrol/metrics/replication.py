@@ -1,8 +1,10 @@
 """Replication rate (Somepalli et al. 2023): how many generations are near-copies of a training image.
 
-For each generated image, the best cosine similarity to any training image in a feature space (the paper uses the
-SSCD copy-detection embedding); the replication rate is the share of generations whose best similarity exceeds
-``threshold`` (0.5), reported with the 95th percentile of the best similarities. Higher = more memorization.
+For each generated image, the best cosine similarity to any training image in a feature space; the replication rate
+is the share of generations whose best similarity exceeds ``threshold``, reported with the 95th percentile of the
+best similarities. Higher = more memorization. The threshold has no default: the paper's 0.5
+(`SSCD_REPLICATION_THRESHOLD`) holds for the SSCD copy-detection embedding only; in any other space calibrate one on
+your data (`peft_memcontrol.metrics.calibrate_copy_detection`), which also says how often it errs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class ReplicationRate(PairedFeatureMetric):
 
     higher_is_better = False  # a higher rate = more memorization
 
-    def __init__(self, threshold: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, threshold: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.threshold = threshold
 
@@ -45,7 +47,7 @@ class ReplicationRate(PairedFeatureMetric):
 
 
 def replication_rate(
-    generated_features: torch.Tensor, training_features: torch.Tensor, threshold: float = 0.5, **kwargs: Any
+    generated_features: torch.Tensor, training_features: torch.Tensor, threshold: float, **kwargs: Any
 ) -> ReplicationResult:
     """Function form of `ReplicationRate` on precomputed (N, d) features."""
     metric = ReplicationRate(threshold=threshold, feature=None, **kwargs)
