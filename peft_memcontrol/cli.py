@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -33,6 +34,7 @@ from .search import (
     SerialExecutor,
     SyntheticMaskProblem,
 )
+from .search.genome import default_learning_rate_bounds
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
 from .search.journal import JournalError
 from .search.report import push_mask_to_hub, write_search_outputs
@@ -62,8 +64,18 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument("--mask_semantics", choices=("paper", "strict"), default="paper")
     method.add_argument("--granularity", choices=("slot", "block", "layer"), default="slot")
     method.add_argument("--no_reference_layout", action="store_true", help="All units, not the reference's 13 bits.")
-    method.add_argument("--learning_rate_min", type=float, default=1e-5)
-    method.add_argument("--learning_rate_max", type=float, default=1e-3)
+    method.add_argument(
+        "--learning_rate_min",
+        type=float,
+        default=None,
+        help="Low end of the learning-rate gene; default by model size (SD-1.5 size: 1e-5, small UNets: 1e-3).",
+    )
+    method.add_argument(
+        "--learning_rate_max",
+        type=float,
+        default=None,
+        help="High end of the learning-rate gene; default by model size (SD-1.5 size: 1e-3, small UNets: 3e-2).",
+    )
     method.add_argument("--learning_rate", type=float, default=None, help="Fix the learning rate (no lr gene).")
 
     train = parser.add_argument_group("inner loop")
@@ -132,7 +144,15 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output_dir", default="memcontrol-demo", help="Report folder.")
     parser.add_argument("--quick", action="store_true", help="The small preset (about 3 minutes on a CPU).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="Default: cuda when available.")
-    parser.add_argument("--seed", type=int, default=None)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None)
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Run once per seed and report mean ± spread and, per seed, whether the searched mask is dominated.",
+    )
     parser.add_argument("--max_train_steps", type=int, default=None, help="Steps of every fine-tuning.")
     parser.add_argument("--train_batch_size", type=int, default=None)
     parser.add_argument("--num_generations", type=int, default=None, help="Attack generations per memorized prompt.")
@@ -166,7 +186,10 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     }
     config = DemoConfig.preset_config("quick" if args.quick else "default", progress=not args.no_progress, **overrides)
-    summary = demo_runner.run_demo(config, args.output_dir)
+    if args.seeds:
+        summary = demo_runner.run_demo_seeds(config, args.seeds, args.output_dir)
+    else:
+        summary = demo_runner.run_demo(config, args.output_dir)
     with open(summary["paths"]["results.md"], encoding="utf-8") as handle:
         print(handle.read())
     print(f"Report in {os.path.abspath(args.output_dir)} ({summary['seconds']:.0f} s)")
@@ -184,10 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def search_learning_rate_bounds(args: argparse.Namespace, unet_config: dict[str, Any]) -> tuple[float, float] | None:
+    """The learning-rate gene's range: ``None`` with a fixed ``--learning_rate``; else the flags, each defaulting to
+    the model's range (`default_learning_rate_bounds`; SD-1.5's for a synthetic problem), said in the log."""
+    if args.learning_rate is not None:
+        return None
+    (low, high), reason = default_learning_rate_bounds(unet_config)
+    bounds = (
+        low if args.learning_rate_min is None else args.learning_rate_min,
+        high if args.learning_rate_max is None else args.learning_rate_max,
+    )
+    if bounds == (low, high):
+        logger.info("Searching the %s.", reason)
+    else:
+        logger.info("Searching learning rates %g..%g (the model's default: %s).", *bounds, reason)
+    return bounds
+
+
 def _search_setup(args: argparse.Namespace):
     """(space, evaluator, constraint) from the flags."""
-    lr_bounds = None if args.learning_rate is not None else (args.learning_rate_min, args.learning_rate_max)
     if args.synthetic is not None:
+        lr_bounds = search_learning_rate_bounds(args, {})
         units = tuple(f"unit.{i}" for i in range(args.synthetic))
         space = GenomeSpace(units=units, method=args.method, learning_rate_bounds=lr_bounds, name="synthetic")
         evaluator = SyntheticMaskProblem(
@@ -201,6 +241,7 @@ def _search_setup(args: argparse.Namespace):
         demo = build_faces_dataset(os.path.join(args.output_dir, "demo-data"), seed=args.seed)
         train_dir, test_dir = demo.train_dir, test_dir or demo.test_dir
     unet_config = dict(UNet2DConditionModel.load_config(model_path, subfolder="unet"))
+    lr_bounds = search_learning_rate_bounds(args, unet_config)
     config_kwargs = {"mask_semantics": args.mask_semantics, "granularity": args.granularity}
     model = meta_unet({k: v for k, v in unet_config.items() if not k.startswith("_")})
     space = GenomeSpace.for_model(

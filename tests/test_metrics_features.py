@@ -140,7 +140,13 @@ def test_evaluate_generations_embeds_each_image_once_and_agrees_with_the_metrics
 
     generator = torch.Generator().manual_seed(0)
     generated, training, real = (torch.rand(n, 3, 8, 8, generator=generator) for n in (6, 7, 5))
-    scores = evaluate_generations(generated, training, real, feature=CountingMeanColour(), calibration=fixed_copy_threshold(0.9, "a test constant"))
+    scores = evaluate_generations(
+        generated,
+        training,
+        real,
+        feature=CountingMeanColour(),
+        calibration=fixed_copy_threshold(0.9, "a test constant"),
+    )
     assert sum(calls) == 6 + 7 + 5
     features = {name: MeanColour()(x) for name, x in (("g", generated), ("t", training), ("r", real))}
     torch.testing.assert_close(scores.fid, frechet_distance(features["r"], features["g"]))
@@ -156,7 +162,11 @@ def test_evaluate_generations_embeds_each_image_once_and_agrees_with_the_metrics
     torch.testing.assert_close(metric.compute().rate, scores.replication.rate)
     calls.clear()  # a training and a real set embedded once serve further models as features
     precomputed = evaluate_generations(
-        generated, features["t"], features["r"], feature=CountingMeanColour(), calibration=fixed_copy_threshold(0.9, "a test constant")
+        generated,
+        features["t"],
+        features["r"],
+        feature=CountingMeanColour(),
+        calibration=fixed_copy_threshold(0.9, "a test constant"),
     )
     assert sum(calls) == 6
     for name in ("fid", "mifid"):

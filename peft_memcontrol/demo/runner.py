@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..counting import meta_unet, trainable_share
 from ..evaluation import EvaluationData, EvaluationSettings, ModelScores, evaluate_model, load_evaluation_data
 from ..search import GenomeSpace, MaskSearcher, ProcessExecutor, SearchConfig
+from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from ..search.report import write_search_outputs
 from ..tiny_sd import TINY_UNET_CONFIG, tiny_pipeline_path
@@ -35,7 +36,7 @@ from ..training import MemControlTrainer, RandomWordAddition, TrainingConfig, lo
 from ..tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 from .config import DemoConfig
 from .data import build_domain
-from .report import write_report
+from .report import write_report, write_seeds_report
 
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,15 @@ def _init_worker(device: str | None) -> None:
         torch.set_num_threads(1)
 
 
+@dataclass
+class ScoredRun:
+    """One row of a table, the attack's per-prompt records, and the calibration the scores used (a dict)."""
+
+    row: dict[str, Any]
+    records: list[dict[str, Any]]
+    calibration: dict[str, Any]
+
+
 def train_and_score(
     spec: MethodSpec,
     train_dir: str,
@@ -119,36 +129,35 @@ def train_and_score(
     data: EvaluationData,
     settings: EvaluationSettings,
     config: DemoConfig,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings``; returns
-    (row, per-prompt records)."""
+) -> ScoredRun:
+    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings``."""
     trainer, share, seconds = train_one(spec, train_dir, run_dir, config)
     scores = score(trainer, data, settings)
     trainer.end()
-    return _row(spec.name, share, seconds, scores), scores.prompt_records
+    return ScoredRun(_row(spec.name, share, seconds, scores), scores.prompt_records, scores.calibration.to_dict())
 
 
-def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[ScoredRun]:
     """Run ``train_and_score`` jobs, in the pool if any, in order of submission; advance ``progress`` per job."""
     if pool is None:
         results = []
         for job in jobs:
             progress.set_postfix_str(job[0].name)
             results.append(train_and_score(*job))
-            _announce(results[-1][0], progress)
+            _announce(results[-1].row, progress)
         return results
     futures = [pool.submit(train_and_score, *job) for job in jobs]
     results = []
     for future in futures:
         results.append(future.result())
-        _announce(results[-1][0], progress)
+        _announce(results[-1].row, progress)
     return results
 
 
 def _announce(row: dict[str, Any], progress: Any) -> None:
     """Print a finished row above the progress bar, and advance it."""
     progress.write(
-        f"{row['method']}: FID {row['fid']:.2f}, AMD {row['amd']:.4f}, extracted {row['extracted']}, "
+        f"{row['method']}: FID {row['fid']:.2f}, KID {row['kid']:.4f}, AMD {row['amd']:.4f}, extracted {row['extracted']}, "
         f"replication {row['replication']:.2f}, {row['time_s']:.0f} s of training"
     )
     progress.update(1)
@@ -158,9 +167,8 @@ def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
     """The MemControl search on the main domain: NSGA-II over the mask bits and the learning rate, noise norm vs FID."""
     unet_config = dict(UNet2DConditionModel.load_config(tiny_pipeline_path(), subfolder="unet"))
     model = meta_unet({k: v for k, v in unet_config.items() if not k.startswith("_")})
-    space = GenomeSpace.for_model(
-        model, MemControlConfig(method=config.search_method), learning_rate_bounds=(1e-3, 3e-2)
-    )
+    bounds, _ = default_learning_rate_bounds(unet_config)
+    space = GenomeSpace.for_model(model, MemControlConfig(method=config.search_method), learning_rate_bounds=bounds)
     loop = InnerLoop(
         ProxyDataSpec(
             dataset.train_dir,
@@ -258,9 +266,10 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         if pool is not None:
             pool.shutdown()
     progress.close()
-    rows = [row for row, _ in [*baselines, searched_main]]
-    records = {row["method"]: prompt_records for row, prompt_records in [*baselines, searched_main]}
-    transfer_rows = [transfer_full[0], searched_transfer[0]]
+    rows = [run.row for run in [*baselines, searched_main]]
+    records = {run.row["method"]: run.records for run in [*baselines, searched_main]}
+    transfer_rows = [transfer_full.row, searched_transfer.row]
+    calibrations = {config.domain: searched_main.calibration, config.transfer_domain: searched_transfer.calibration}
 
     mask = knee.candidate.mask.to_dict() if hasattr(knee.candidate.mask, "to_dict") else dict(knee.candidate.mask)
     search = {
@@ -276,6 +285,21 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         "seconds": search_seconds,
     }
     elapsed = time.perf_counter() - start
-    paths = write_report(output_dir, rows, transfer_rows, records, config.to_dict(), search, SEARCHED, elapsed)
+    paths = write_report(
+        output_dir, rows, transfer_rows, records, config.to_dict(), search, SEARCHED, elapsed, calibrations
+    )
     paths["front.png"] = os.path.join(output_dir, "search", "front.png")
     return {"rows": rows, "transfer": transfer_rows, "search": search, "paths": paths, "seconds": elapsed}
+
+
+def run_demo_seeds(config: DemoConfig, seeds: list[int], output_dir: str = "memcontrol-demo") -> dict[str, Any]:
+    """The demo once per seed (``output_dir/seed-<seed>``), and a report over the seeds in ``output_dir``: per method
+    the mean and spread of every score, per seed whether the searched mask is Pareto-dominated, and the verdict."""
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"Give distinct seeds, got {seeds}.")
+    start = time.perf_counter()
+    summaries = {
+        seed: run_demo(replace(config, seed=seed), os.path.join(output_dir, f"seed-{seed}")) for seed in seeds
+    }
+    paths = write_seeds_report(output_dir, summaries, SEARCHED)
+    return {"seeds": summaries, "paths": paths, "seconds": time.perf_counter() - start}

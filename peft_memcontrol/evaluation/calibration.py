@@ -39,8 +39,8 @@ class EvaluationCalibration:
         return [self.copy.describe(), self.attack.describe()]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {"copy": self.copy.to_dict(), "attack": self.attack.to_dict()}
+        """JSON-ready, with the report lines of `describe` under ``"description"``."""
+        return {"copy": self.copy.to_dict(), "attack": self.attack.to_dict(), "description": self.describe()}
 
 
 @torch.no_grad()

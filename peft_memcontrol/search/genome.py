@@ -80,6 +80,29 @@ class Candidate:
         )
 
 
+#: The reference code's learning-rate gene, set for SD-1.5-size UNets (320-1280 channels).
+REFERENCE_LEARNING_RATE_BOUNDS = (1e-5, 1e-3)
+#: The gene for small UNets such as the embedded tiny pipeline (32-64 channels), whose few parameters move measurably
+#: only at larger rates (the demo's fine-tunes use 1e-3 for full fine-tuning, 1e-2 for SVDiff and DiffFit).
+SMALL_MODEL_LEARNING_RATE_BOUNDS = (1e-3, 3e-2)
+#: UNets whose widest block has at most this many channels get `SMALL_MODEL_LEARNING_RATE_BOUNDS`.
+SMALL_MODEL_MAX_CHANNELS = 256
+
+
+def default_learning_rate_bounds(unet_config: Mapping[str, Any]) -> tuple[tuple[float, float], str]:
+    """The learning-rate gene's range for a UNet config, and a sentence that says which range and why.
+
+    At SD-1.5 size the reference's 1e-5..1e-3; for small UNets (widest block <= `SMALL_MODEL_MAX_CHANNELS`) 1e-3..3e-2:
+    at 1e-4 the tiny pipeline's candidates barely move in K steps, and every mask scores alike.
+    """
+    channels = max(unet_config.get("block_out_channels") or [SMALL_MODEL_MAX_CHANNELS + 1])
+    if channels <= SMALL_MODEL_MAX_CHANNELS:
+        low, high = SMALL_MODEL_LEARNING_RATE_BOUNDS
+        return (low, high), f"learning-rate gene {low:g}..{high:g} (a small UNet: widest block {channels} channels)"
+    low, high = REFERENCE_LEARNING_RATE_BOUNDS
+    return (low, high), f"learning-rate gene {low:g}..{high:g} (the reference's SD-1.5 range; widest block {channels})"
+
+
 @dataclass(frozen=True)
 class GenomeSpace:
     """The genes a search varies: which units, what each unit gene means, and the learning-rate range.
@@ -99,7 +122,7 @@ class GenomeSpace:
     method: str = "svdiff"
     fixed: Mapping[str, bool] = field(default_factory=dict)
     choices: tuple[str, ...] | None = None
-    learning_rate_bounds: tuple[float, float] | None = (1e-5, 1e-3)
+    learning_rate_bounds: tuple[float, float] | None = REFERENCE_LEARNING_RATE_BOUNDS
     learning_rate_decimals: int = 3
     name: str = "custom"
 

@@ -5,7 +5,16 @@ The built-in ones compute nothing themselves: they generate with `peft_memcontro
 images to the metrics package.
 
 * ``noise_norm``: the memorization reward (Wen et al.; `peft_memcontrol.metrics.pipeline_memorization_reward`) on the
-  memorization subset, max over each batch, averaged over batches. Higher = more memorization.
+  memorization subset, max over each batch, averaged over batches. Higher = more memorization. Its blind spot: it
+  measures how much the memorized *prompt* steers the noise prediction, so a model that regenerates a training image
+  whatever the prompt scores *lower*. Fully fine-tuning the tiny UNet on one face and its caption (60 steps) lowered
+  that caption's score from 1.087 to 0.927 while generations for every prompt, the empty one included, converged on
+  the face (in tests/test_objectives_memorization.py, 200 steps: 2.06 to 1.13, while ``copy_similarity`` rose from
+  0.41 to 0.79). Pair it with ``copy_similarity``, or use that instead.
+* ``copy_similarity``: how close generations come to the memorization images, whatever the prompt: seeded
+  generations for the memorization prompts and for unrelated prompts (the empty prompt and, with a test set, the
+  first held-out captions), each scored by its best cosine similarity to a memorization image in the feature space
+  of ``settings.feature``, averaged over generations. Higher = more memorization.
 * ``fid``: FID between K held-out test images and K generations from their prompts. Lower = better quality.
 * ``neg_amd``: minus the AMD of generations for the memorization prompts to the memorization images (AMD is low when
   generations copy training images, so ``-AMD`` is minimized by masks that memorize less).
@@ -28,6 +37,7 @@ from ..metrics import (
     average_min_cosine_distance,
     extraction_attack_on_images,
     frechet_distance,
+    nearest_neighbours,
     pipeline_memorization_reward,
 )
 from ..training import collate_image_captions
@@ -124,6 +134,35 @@ def neg_amd(context: ObjectiveContext) -> float:
     return -float(average_min_cosine_distance(features.embed(generated), features.fixed(memorization.images)).amd)
 
 
+def _unrelated_prompts(context: ObjectiveContext) -> list[str]:
+    """Prompts that should not bring up the memorization images: the empty prompt, then (with a test set) the first
+    held-out captions, as many as there are memorization prompts, so that both kinds weigh about equally."""
+    prompts = [""]
+    if context.test_dataset is not None:
+        count = min(len(context.memorization.captions), len(context.test_dataset))
+        prompts += dataset_split(context.test_dataset, range(count)).captions
+    return prompts
+
+
+def copy_similarity(context: ObjectiveContext) -> float:
+    """Mean best cosine similarity of generations, for memorization and unrelated prompts, to the memorization images.
+
+    Unlike ``noise_norm``, it does not need the prompt to matter: a model that regenerates a training image for every
+    prompt (the empty one included) scores high. Each prompt group is one seeded `generate` call: the memorization
+    prompts' generations are the ones ``neg_amd`` uses (cached), the unrelated ones cost at most one more than there are
+    memorization prompts. A raw similarity in ``[-1, 1]``, compared between candidates; no copy threshold applies.
+    """
+    memorization, features = context.memorization, context.features
+    generated = torch.cat(
+        [
+            context.generate(memorization.captions, "memorization_generations"),
+            context.generate(_unrelated_prompts(context), "unrelated_generations"),
+        ]
+    )
+    neighbours = nearest_neighbours(features.embed(generated), features.fixed(memorization.images))
+    return float(neighbours.similarities.mean())
+
+
 def extraction(context: ObjectiveContext) -> float:
     """Images extracted by the extraction attack on the memorization prompts (each prompt's own training image)."""
     settings, memorization = context.settings, context.memorization
@@ -167,6 +206,7 @@ BUILTIN_OBJECTIVES: dict[str, Objective] = {
     "noise_norm": noise_norm,
     "fid": fid,
     "neg_amd": neg_amd,
+    "copy_similarity": copy_similarity,
     "extraction": extraction,
     "val_loss": val_loss,
     "trainable_share": trainable_share,

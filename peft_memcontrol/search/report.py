@@ -51,6 +51,7 @@ def write_front(result: SearchResult, output_dir: str) -> dict[str, str]:
             "objectives": result.objectives,
             "reference_point": result.reference_point,
             "hypervolume": result.hypervolume,
+            "warnings": result.separation_warnings(),
             "units": list(result.space.units),
             "front": [
                 {**row, "masks": point.candidate.masks, "genome": list(point.candidate.genome)}
@@ -65,6 +66,20 @@ def write_front(result: SearchResult, output_dir: str) -> dict[str, str]:
     return paths
 
 
+def reference_records(result: SearchResult) -> dict[str, dict[str, Any]]:
+    """The successful full-budget evaluations of the all-on and all-off masks, when the search ran them, by label."""
+    found = {}
+    for record in result.records:
+        if record["status"] != "ok" or record["budget"] != 1.0:
+            continue
+        bits = record["genome"][: result.space.num_unit_genes]
+        if all(bits):
+            found.setdefault("all on", record)
+        elif not any(bits):
+            found.setdefault("all off", record)
+    return found
+
+
 def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
     """``front.png`` (every full-budget evaluation, the front highlighted; first two objectives) and
     ``hypervolume.png``. Needs matplotlib (``pip install "peft-memcontrol[plots]"``)."""
@@ -77,13 +92,25 @@ def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
 
     x_name, y_name = result.objectives[0], result.objectives[min(1, len(result.objectives) - 1)]
     index = {name: i for i, name in enumerate(result.objectives)}
-    evaluated = [r["values"] for r in result.records if r["status"] == "ok" and r["budget"] == 1.0]
+    evaluated = result.evaluated_values()
     paths = {name: os.path.join(output_dir, name) for name in ("front.png", "hypervolume.png")}
     figure, axes = plt.subplots(figsize=(5, 4))
     if evaluated:
         axes.scatter([v[index[x_name]] for v in evaluated], [v[index[y_name]] for v in evaluated], s=10, c="0.7")
     front = sorted(result.front, key=lambda p: p.scores[x_name])
     axes.plot([p.scores[x_name] for p in front], [p.scores[y_name] for p in front], "o-", color="C3", label="front")
+    for label, record in reference_records(result).items():
+        values = record["values"]
+        axes.scatter([values[index[x_name]]], [values[index[y_name]]], marker="s", s=40, color="C0")
+        axes.annotate(
+            label,
+            (values[index[x_name]], values[index[y_name]]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    if result.separation_warnings():
+        axes.set_title("objectives barely differ: no trade-off shown", fontsize=8, color="C3")
     axes.set_xlabel(f"{x_name} (lower is better)")
     axes.set_ylabel(f"{y_name} (lower is better)")
     axes.legend()
@@ -153,7 +180,10 @@ def write_search_outputs(
     max_memorization: float | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Everything a search leaves: front files, plots (skipped with a warning without matplotlib), chosen masks."""
+    """Everything a search leaves: front files, plots (skipped with a warning without matplotlib), chosen masks.
+    Objectives that do not separate the candidates are warned about (logged, and in ``front.json``)."""
+    for warning in result.separation_warnings():
+        logger.warning(warning)
     paths: dict[str, Any] = write_front(result, output_dir)
     if plots:
         try:

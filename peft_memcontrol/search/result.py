@@ -23,6 +23,11 @@ class FrontPoint:
     record: dict[str, Any] = field(repr=False)
 
 
+#: Objectives whose range over the evaluated candidates is below this share of their median separate nothing: at that
+#: spread the seed of one evaluation can reorder candidates (the issue's default search: 0.2% and 0.05%).
+MIN_RELATIVE_SPREAD = 0.01
+
+
 @dataclass
 class SearchResult:
     """What a search found: the front (over every full-budget evaluation), hypervolume per generation, and counts.
@@ -74,6 +79,29 @@ class SearchResult:
         elif self.records and all(record["status"] == "infeasible" for record in self.records):
             message += " No candidate satisfies the search's constraint: loosen it (e.g. --max_trainable_share)."
         return message
+
+    def evaluated_values(self) -> list[list[float]]:
+        """Objective values of every successful full-budget evaluation, in journal order."""
+        return [record["values"] for record in self.records if record["status"] == "ok" and record["budget"] == 1.0]
+
+    def separation_warnings(self) -> list[str]:
+        """One sentence per objective that does not separate the candidates (range below `MIN_RELATIVE_SPREAD` of
+        its median, or a single evaluation): the front then is not evidence of a trade-off."""
+        values = self.evaluated_values()
+        if len(values) < 2:
+            return [f"Only {len(values)} successful evaluation: the front shows no trade-off."]
+        warnings = []
+        for index, name in enumerate(self.objectives):
+            column = sorted(value[index] for value in values)
+            spread, median = column[-1] - column[0], abs(column[len(column) // 2])
+            if spread <= MIN_RELATIVE_SPREAD * max(median, 1e-12):
+                warnings.append(
+                    f"Objective {name!r} barely differs between the {len(values)} candidates (range {spread:.3g}, "
+                    f"{spread / max(median, 1e-12):.2%} of its median): it does not rank the masks. Train candidates "
+                    "longer (--max_train_steps), search a learning-rate range that moves this model, or choose "
+                    "another objective."
+                )
+        return warnings
 
     def front_values(self) -> list[list[float]]:
         """The front's objective values, one list per point in objective order."""
