@@ -89,7 +89,9 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--num_inference_steps", type=int, default=50)
     train.add_argument("--guidance_scale", type=float, default=4.0)
     train.add_argument("--num_extraction_generations", type=int, default=10)
-    train.add_argument("--feature", default="efficientnet-lite0", help="Feature space of fid and neg_amd.")
+    train.add_argument(
+        "--feature", default="efficientnet-lite0", help="Feature space of fid, neg_amd and copy_similarity."
+    )
 
     search = parser.add_argument_group("search")
     search.add_argument("--population_size", type=int, default=20)

@@ -7,7 +7,32 @@ does not depend on a random draw. Both then map the VAE's latents into the denoi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+
+def posterior_moments(vae: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and standard deviation of the VAE's posterior for ``pixel_values`` (in [-1, 1]): the costly part of
+    `encode_latents`, which a training run on fixed data may compute once and keep (`EncodingCache`)."""
+    latent_dist = vae.encode(pixel_values).latent_dist
+    return latent_dist.mean, latent_dist.std
+
+
+def latents_from_posterior(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    vae_config: Any,
+    sample_posterior: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`encode_latents` from posterior moments: the mean or a draw ``mean + std * eps``, shifted and scaled."""
+    latents = mean
+    if sample_posterior:
+        eps = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        latents = latents + std * eps
+    shift = getattr(vae_config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae_config.scaling_factor
 
 
 def encode_latents(
@@ -28,10 +53,5 @@ def encode_latents(
     Returns:
         ``(z - shift_factor) * scaling_factor``, in the VAE's dtype.
     """
-    latent_dist = vae.encode(pixel_values).latent_dist
-    latents = latent_dist.mean
-    if sample_posterior:
-        eps = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-        latents = latents + latent_dist.std * eps
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
+    mean, std = posterior_moments(vae, pixel_values)
+    return latents_from_posterior(mean, std, vae.config, sample_posterior, generator)

@@ -5,7 +5,9 @@ trainer), `EvaluationSettings` (how its objectives generate and score, through `
 frozen `ProxyDataSpec` (which base model and data are loaded). The spec is also the key of the `WorkerCache`: each
 worker process loads the base model and the proxy set once per spec and keeps them; every candidate's adapter is
 injected into that base model, trained, scored and unloaded again, so the base weights (and with them the SVD cache
-of `peft_memcontrol.svd`, keyed by weight) serve every candidate.
+of `peft_memcontrol.svd`, keyed by weight) serve every candidate. The frozen VAE's posteriors and the text encoder's
+embeddings of the proxy batches are kept too (`peft_memcontrol.training.EncodingCache`): every candidate draws the
+same batches, so only the first one encodes them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from ..counting import meta_unet, trainable_share
 from ..evaluation import EvaluationSettings, SplitImages, dataset_split, feature_bank
 from ..svd import clear_svd_cache
 from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline
-from ..training import MemControlTrainer, ProxySet, TrainingConfig, build_proxy_set, load_training_dataset
+from ..training import (
+    EncodingCache,
+    MemControlTrainer,
+    ProxySet,
+    TrainingConfig,
+    build_proxy_set,
+    load_training_dataset,
+)
 from ..tuners import MemControlConfig
 from .genome import Candidate, GenomeSpace
 from .journal import jsonable
@@ -67,6 +76,7 @@ class LoadedProxy:
     proxy: ProxySet
     memorization: SplitImages
     test_dataset: Any
+    encodings: EncodingCache
 
 
 def load_proxy(spec: ProxyDataSpec) -> LoadedProxy:
@@ -96,6 +106,7 @@ def load_proxy(spec: ProxyDataSpec) -> LoadedProxy:
         proxy=proxy,
         memorization=dataset_split(proxy.memorization_dataset),
         test_dataset=test,
+        encodings=EncodingCache(),
     )
 
 
@@ -109,7 +120,8 @@ class WorkerCache:
     def get(self, spec: ProxyDataSpec, reuse: bool = True) -> LoadedProxy:
         """What ``spec`` loads: kept from an earlier call, or (first use, or ``reuse=False``) loaded now.
 
-        ``reuse=False`` reloads the base model and forgets the SVD cache: only for measuring what the reuse saves.
+        ``reuse=False`` reloads the base model and forgets the SVD and encoding caches: only for measuring what the
+        reuse saves.
         """
         if reuse and spec in self._loaded:
             return self._loaded[spec]
@@ -170,11 +182,13 @@ class InnerLoop:
             no learning-rate gene. Default: ``TrainingConfig()``.
         evaluation: generation and metric settings of the objectives (default `SEARCH_EVALUATION`):
             ``num_generations`` are the extraction attack's generations per prompt, ``num_fid_images`` the test
-            images of ``fid``, ``feature`` the feature space of ``fid`` and ``neg_amd``.
+            images of ``fid``, ``feature`` the feature space of ``fid``, ``neg_amd`` and ``copy_similarity``.
         reduction: ``"max"`` or ``"mean"`` over a batch for ``noise_norm``.
         mask_semantics, granularity, method_options: passed to every candidate's `MemControlConfig`.
-        reuse_base_model: keep the base model between candidates (``False`` reloads it and forgets the SVD cache
-            every time: only for measuring what the reuse saves).
+        reuse_base_model: keep the base model between candidates (``False`` reloads it and forgets the SVD and
+            encoding caches every time: only for measuring what the reuse saves).
+        cache_encodings: reuse the frozen encoders' outputs across candidates (``False``: encode every batch again;
+            only for measuring what the cache saves: results are bit-identical either way).
     """
 
     def __init__(
@@ -188,6 +202,7 @@ class InnerLoop:
         granularity: str = "slot",
         method_options: dict[str, Any] | None = None,
         reuse_base_model: bool = True,
+        cache_encodings: bool = True,
     ) -> None:
         self._objectives = resolve_objectives(objectives)
         self.objectives = [name for name, _ in self._objectives]
@@ -201,6 +216,7 @@ class InnerLoop:
         if method_options:
             self.config_kwargs["method_options"] = dict(method_options)
         self.reuse_base_model = reuse_base_model
+        self.cache_encodings = cache_encodings
 
     def load(self) -> LoadedProxy:
         """This worker's base model and data (loaded on first use, then kept in `WORKER_CACHE`)."""
@@ -273,6 +289,7 @@ class InnerLoop:
                 train_dataset=loaded.proxy.dataset,
                 method=config,
                 config=training_config,
+                encodings=loaded.encodings if self.cache_encodings else None,
             )
             try:
                 training = trainer.train()

@@ -11,6 +11,7 @@ from .data import (
     image_to_tensor,
     load_training_dataset,
 )
+from .encodings import EncodingCache
 from .families import ModelFamily, StableDiffusionFamily
 from .mitigations import (
     CaptionWordRepetition,
@@ -25,6 +26,7 @@ from .trainer import MemControlTrainer
 
 
 __all__ = [
+    "EncodingCache",
     "CaptionWordRepetition",
     "ImageCaptionDataset",
     "MemControlTrainer",

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 
-from ..latents import encode_latents
+from ..latents import latents_from_posterior, posterior_moments
 from .accelerator import move_module
+from .encodings import EncodingCache
 
 
 class ModelFamily(ABC):
@@ -57,6 +58,8 @@ class StableDiffusionFamily(ModelFamily):
         tokenizer: its ``CLIPTokenizer``.
         device: the training device.
         dtype: the dtype of the frozen parts (the mixed-precision dtype, as in diffusers' scripts).
+        encodings: a cache of the frozen encoders' outputs shared by trainings on the same data (`EncodingCache`);
+            ``None`` encodes every batch.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class StableDiffusionFamily(ModelFamily):
         tokenizer: Any,
         device: torch.device,
         dtype: torch.dtype,
+        encodings: EncodingCache | None = None,
     ) -> None:
         if tokenizer.model_max_length is None or tokenizer.model_max_length > 100_000:
             # A tokenizer folder without tokenizer_config.json does not know CLIP's 77: take the text encoder's.
@@ -78,9 +82,16 @@ class StableDiffusionFamily(ModelFamily):
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype
+        self.encodings = encodings
 
     @torch.no_grad()
     def encode_prompts(self, captions: Sequence[str]) -> torch.Tensor:
+        if self.encodings is None:
+            return self._encode_prompts(captions)
+        context = (str(self.device), str(self.dtype))
+        return self.encodings.prompts(captions, context, lambda: self._encode_prompts(captions))
+
+    def _encode_prompts(self, captions: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(
             list(captions),
             padding="max_length",
@@ -93,7 +104,11 @@ class StableDiffusionFamily(ModelFamily):
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         pixel_values = pixel_values.to(self.device, dtype=self.dtype)
-        return encode_latents(self.vae, pixel_values, sample_posterior=True, generator=generator)
+        if self.encodings is None:
+            mean, std = posterior_moments(self.vae, pixel_values)
+        else:
+            mean, std = self.encodings.posterior(pixel_values, lambda: posterior_moments(self.vae, pixel_values))
+        return latents_from_posterior(mean, std, self.vae.config, sample_posterior=True, generator=generator)
 
     def extra_unet_inputs(self, captions: Sequence[str], latents: torch.Tensor) -> dict[str, Any]:
         return {}

@@ -35,6 +35,7 @@ from . import checkpoints
 from .accelerator import create_accelerator, mixed_precision_dtype, move_module
 from .config import TrainingConfig, TrainingResult
 from .data import StepBatchSampler, collate_image_captions, mix_seed
+from .encodings import EncodingCache
 from .families import StableDiffusionFamily
 from .mitigations import apply_caption_transforms, drop_captions, threshold_keep_mask, with_tokenizer_words
 
@@ -60,6 +61,8 @@ class MemControlTrainer:
         config: a `TrainingConfig`.
         accelerator: an existing ``accelerate.Accelerator`` to reuse (the search's inner loop runs many trainings in
             one process); by default one is created from ``config``.
+        encodings: the frozen VAE's and text encoder's outputs kept across trainings on the same data
+            (`peft_memcontrol.training.EncodingCache`; the search's workers pass one); ``None`` encodes every batch.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class MemControlTrainer:
         method: Any = "full",
         config: TrainingConfig | None = None,
         accelerator: Any = None,
+        encodings: EncodingCache | None = None,
     ) -> None:
         self.config = config = config or TrainingConfig()
         self.method = method
@@ -82,7 +86,9 @@ class MemControlTrainer:
             noise_scheduler.register_to_config(prediction_type=config.prediction_type)
         self.accelerator = accelerator = accelerator if accelerator is not None else create_accelerator(config)
         self.weight_dtype = mixed_precision_dtype(accelerator)
-        self.family = StableDiffusionFamily(vae, text_encoder, tokenizer, accelerator.device, self.weight_dtype)
+        self.family = StableDiffusionFamily(
+            vae, text_encoder, tokenizer, accelerator.device, self.weight_dtype, encodings=encodings
+        )
         base_model = getattr(unet.config, "_name_or_path", None)
 
         self.model = self._wrap_unet(unet, method)
