@@ -40,7 +40,10 @@ class DemoConfig:
         transfer_domain: where the searched mask is transferred, unchanged.
         num_train: distinct training images (the memorization subset included; digits only, faces use all 100 -
             ``num_test``).
-        num_test: held-out images (FID's real images and prompts).
+        num_test: held-out images (FID's and KID's real images and prompts).
+        num_calibration: further held-out images, never trained on, that only calibrate the copy threshold (with the
+            ``num_test`` ones): a conformal threshold at a 1% false-positive rate needs 99 of them, and more held-out
+            images make the stated rate closer to the target.
         num_memorization: images duplicated in the training set (the memorization subset, the attack's prompts).
         memorization_repeats: copies of each of them in the training set.
 
@@ -64,6 +67,11 @@ class DemoConfig:
         search_train_steps: K, inner-loop steps per candidate; search_fid_images: FID images per candidate.
         proxy_num_memorization, proxy_repeats, proxy_fraction: the proxy set.
         search_method: the base method whose mask is searched.
+        search_objectives: the inner loop's objectives (memorization first, then quality). ``copy_similarity`` and
+            not the paper's ``noise_norm``: the noise norm falls when a model memorizes whatever the prompt (see
+            docs/search.md), and an earlier demo found it ranking models opposite to the extraction attack.
+        fidelity_front, fidelity_other: front and non-front candidates fully fine-tuned after the search to measure
+            how well the inner loop ranks masks (`peft_memcontrol.search.fidelity`).
     """
 
     preset: str = "default"
@@ -74,6 +82,7 @@ class DemoConfig:
     transfer_domain: str = "faces"
     num_train: int = 15
     num_test: int = 16
+    num_calibration: int = 40
     num_memorization: int = 3
     memorization_repeats: int = 30
     # fine-tuning
@@ -91,6 +100,9 @@ class DemoConfig:
     feature: str = "efficientnet-lite0"
     # search
     search_method: str = "svdiff"
+    search_objectives: tuple[str, ...] = ("copy_similarity", "fid")
+    fidelity_front: int = 3
+    fidelity_other: int = 2
     population_size: int = 4
     generations: int = 1
     search_train_steps: int = 20
@@ -113,6 +125,7 @@ class DemoConfig:
             noise_norm_generations=self.noise_norm_generations,
             feature=self.feature,
             seed=self.seed,
+            num_fid_images=self.num_test,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,5 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search_train_steps": 6,
         "search_fid_images": 4,
         "proxy_repeats": 5,
+        "fidelity_front": 2,
+        "fidelity_other": 1,
     },
 }

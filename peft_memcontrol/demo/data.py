@@ -12,12 +12,13 @@ DOMAINS = ("digits", "faces")
 
 
 def build_domain(domain: str, output_dir: str, config: Any) -> ImageFolderSplits:
-    """Build the ``digits`` or ``faces`` set at the sizes of a `DemoConfig`."""
+    """Build the ``digits`` or ``faces`` set at the sizes of a `DemoConfig`: the held-out folder holds ``num_test``
+    images (FID's) and then ``num_calibration`` more (the copy threshold's null distribution)."""
     if domain == "digits":
         return build_digits_dataset(
             output_dir,
             num_train=config.num_train,
-            num_test=config.num_test,
+            num_test=config.num_test + config.num_calibration,
             num_memorization=config.num_memorization,
             memorization_repeats=config.memorization_repeats,
             seed=config.seed,
@@ -25,7 +26,7 @@ def build_domain(domain: str, output_dir: str, config: Any) -> ImageFolderSplits
     if domain == "faces":
         return build_faces_dataset(
             output_dir,
-            num_test=config.num_test,
+            num_test=config.num_test + config.num_calibration,
             num_memorization=config.num_memorization,
             memorization_repeats=config.memorization_repeats,
             seed=config.seed,

@@ -146,6 +146,36 @@ def calibration_lines(calibration: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def fidelity_section(fidelity: dict[str, Any] | None) -> list[str]:
+    """The report's proxy-fidelity section: the sampled masks' inner-loop and full scores, and the correlations."""
+    if not fidelity:
+        return []
+    candidates = fidelity["candidates"]
+    objectives = list(candidates[0]["proxy"]) if candidates else []
+    header = [
+        "searched mask",
+        "role",
+        *(f"inner `{name}`" for name in objectives),
+        "full KID",
+        "full AMD",
+        "full extracted",
+    ]
+    lines = [
+        "## Does the search's inner loop rank masks like the full fine-tune?",
+        "",
+        "The search ranks masks by a short training on a proxy set; these searched masks were also fine-tuned like "
+        "every row above and scored the same way.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|---|" + "---:|" * (len(header) - 2),
+    ]
+    for row in candidates:
+        proxy = [f"{row['proxy'][name]:.4f}" for name in objectives]
+        full = [f"{row['full']['kid']:.4f}", f"{row['full']['amd']:.4f}", f"{row['full']['extracted']:d}"]
+        lines.append("| " + " | ".join([row["key"], row["role"], *proxy, *full]) + " |")
+    return [*lines, "", fidelity["markdown"], ""]
+
+
 def write_report(
     output_dir: str,
     rows: list[dict[str, Any]],
@@ -156,6 +186,7 @@ def write_report(
     searched: str,
     elapsed: float,
     calibrations: dict[str, dict[str, Any]] | None = None,
+    fidelity: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Write every report file into ``output_dir``; returns their paths by name."""
     os.makedirs(output_dir, exist_ok=True)
@@ -194,6 +225,7 @@ def write_report(
         "",
         *transfer_calibration,
         "",
+        *fidelity_section(fidelity),
         "## Pictures",
         "",
         "![nearest](nearest.png)",
@@ -218,6 +250,7 @@ def write_report(
                 "search": search,
                 "verdict": {"main": main_verdict, "transfer": transfer_verdict},
                 "calibration": calibrations,
+                "fidelity": fidelity,
                 "config": config,
                 "seconds": elapsed,
             },

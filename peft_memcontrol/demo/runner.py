@@ -2,8 +2,9 @@
 
 1. Fine-tune the baselines on the main domain (digits by default): full fine-tuning, SVDiff, DiffFit and masked attention tuning (every slot on),
    full fine-tuning with random word addition, and with Wen et al.'s noise-norm filtering.
-2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, noise norm vs FID), fine-tune the
-   knee of the front on the full training set.
+2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, copy similarity vs FID), fine-tune
+   the knee of the front on the full training set, and a sample of other searched masks to measure how well the inner
+   loop ranks masks like the full fine-tune (`peft_memcontrol.search.fidelity`).
 3. Score every model the same way (`peft_memcontrol.evaluation.evaluate_model`).
 4. Fine-tune the unchanged mask, and full fine-tuning, on the transfer domain (faces) and score both.
 5. Write the report folder (`peft_memcontrol.demo.report`).
@@ -27,7 +28,16 @@ from tqdm.auto import tqdm
 
 from ..counting import meta_unet, trainable_share
 from ..evaluation import EvaluationData, EvaluationSettings, ModelScores, evaluate_model, load_evaluation_data
-from ..search import GenomeSpace, MaskSearcher, ProcessExecutor, SearchConfig
+from ..search import (
+    FidelityCandidate,
+    FrontPoint,
+    GenomeSpace,
+    MaskSearcher,
+    ProcessExecutor,
+    SearchConfig,
+    measure_proxy_fidelity,
+    select_fidelity_candidates,
+)
 from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from ..search.report import write_search_outputs
@@ -164,7 +174,8 @@ def _announce(row: dict[str, Any], progress: Any) -> None:
 
 
 def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
-    """The MemControl search on the main domain: NSGA-II over the mask bits and the learning rate, noise norm vs FID."""
+    """The MemControl search on the main domain: NSGA-II over the mask bits and the learning rate, on
+    ``config.search_objectives``."""
     unet_config = dict(UNet2DConditionModel.load_config(tiny_pipeline_path(), subfolder="unet"))
     model = meta_unet({k: v for k, v in unet_config.items() if not k.startswith("_")})
     bounds, _ = default_learning_rate_bounds(unet_config)
@@ -178,7 +189,7 @@ def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
             repeats=config.proxy_repeats,
             seed=config.seed,
         ),
-        objectives=["noise_norm", "fid"],
+        objectives=list(config.search_objectives),
         training=TrainingConfig(
             max_train_steps=config.search_train_steps,
             train_batch_size=config.train_batch_size,
@@ -206,6 +217,24 @@ def run_search(dataset: Any, output_dir: str, config: DemoConfig) -> Any:
     result = searcher.run(resume=False)
     write_search_outputs(result, output_dir)
     return result
+
+
+def fidelity_spec(result: Any, choice: FidelityCandidate) -> MethodSpec:
+    """A searched mask of the fidelity sample as a row to fine-tune fully (its own learning rate)."""
+    point = FrontPoint(choice.candidate, choice.scores, choice.record)
+    name = f"searched mask {choice.candidate.key} ({choice.role})"
+    return MethodSpec(name, result.to_config(point), choice.candidate.learning_rate or 1e-2)
+
+
+def fidelity_report(fidelity_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The proxy-fidelity measurement of the demo's search: its sample's inner-loop and full scores, and per
+    objective the rank correlation with the full counterpart (`measure_proxy_fidelity`), as markdown and data."""
+    measured = measure_proxy_fidelity([row["proxy"] for row in fidelity_rows], [row["full"] for row in fidelity_rows])
+    return {
+        "candidates": fidelity_rows,
+        "markdown": measured.to_markdown(),
+        "verdicts": {row.objective: row.verdict for row in measured.rows},
+    }
 
 
 def _row(name: str, share: float, seconds: float, scores: ModelScores) -> dict[str, Any]:
@@ -257,11 +286,30 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         searched = MethodSpec(SEARCHED, result.to_config(knee), knee.candidate.learning_rate or 1e-2)
         progress.update(1)
 
+        sample = [
+            choice
+            for choice in select_fidelity_candidates(
+                result, config.fidelity_front, config.fidelity_other, seed=config.seed
+            )
+            if choice.candidate.key != knee.candidate.key  # the knee's full run is the searched row
+        ]
+        progress.total += len(sample)
         jobs = [
             (searched, main.train_dir, os.path.join(runs, "searched"), main_data, main_settings, config),
             (searched, other.train_dir, os.path.join(runs, "transfer-searched"), other_data, other_settings, config),
         ]
-        searched_main, searched_transfer = _run_jobs(pool, jobs, progress)
+        jobs += [
+            (
+                fidelity_spec(result, choice),
+                main.train_dir,
+                os.path.join(runs, f"fidelity-{index}"),
+                main_data,
+                main_settings,
+                config,
+            )
+            for index, choice in enumerate(sample)
+        ]
+        searched_main, searched_transfer, *sample_runs = _run_jobs(pool, jobs, progress)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -270,6 +318,14 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
     records = {run.row["method"]: run.records for run in [*baselines, searched_main]}
     transfer_rows = [transfer_full.row, searched_transfer.row]
     calibrations = {config.domain: searched_main.calibration, config.transfer_domain: searched_transfer.calibration}
+    fidelity_rows = [
+        {"role": "knee", "key": knee.candidate.key, "proxy": dict(knee.scores), "full": searched_main.row},
+        *(
+            {"role": choice.role, "key": choice.candidate.key, "proxy": choice.scores, "full": run.row}
+            for choice, run in zip(sample, sample_runs)
+        ),
+    ]
+    fidelity = fidelity_report(fidelity_rows)
 
     mask = knee.candidate.mask.to_dict() if hasattr(knee.candidate.mask, "to_dict") else dict(knee.candidate.mask)
     search = {
@@ -286,7 +342,7 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
     }
     elapsed = time.perf_counter() - start
     paths = write_report(
-        output_dir, rows, transfer_rows, records, config.to_dict(), search, SEARCHED, elapsed, calibrations
+        output_dir, rows, transfer_rows, records, config.to_dict(), search, SEARCHED, elapsed, calibrations, fidelity
     )
     paths["front.png"] = os.path.join(output_dir, "search", "front.png")
     return {"rows": rows, "transfer": transfer_rows, "search": search, "paths": paths, "seconds": elapsed}

@@ -4,11 +4,21 @@
 with an evaluator: `InnerLoop` trains each candidate with the project's trainer and scores it with the metrics
 package; `SyntheticMaskProblem` is a closed-form stand-in. Results are a `SearchResult` whose front points become
 `MemControlConfig` objects; `write_search_outputs` writes the front, hypervolume, plots and chosen masks.
+`peft_memcontrol.search.fidelity` measures whether the inner loop ranks masks like the full fine-tune.
 """
 
 from .candidate_run import WORST_VALUE, run_candidate
 from .config import SearchConfig
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor, get_executor
+from .fidelity import (
+    DEFAULT_FULL_COUNTERPARTS,
+    FidelityCandidate,
+    FullCounterpart,
+    ProxyFidelity,
+    measure_proxy_fidelity,
+    rank_correlation,
+    select_fidelity_candidates,
+)
 from .genome import METHOD_CHOICES, Candidate, GenomeSpace
 from .inner_loop import InnerLoop, TrainableShareConstraint
 from .journal import Journal, atomic_write_json
@@ -19,7 +29,14 @@ from .synthetic import SyntheticMaskProblem
 
 
 __all__ = [
+    "DEFAULT_FULL_COUNTERPARTS",
     "METHOD_CHOICES",
+    "FidelityCandidate",
+    "FullCounterpart",
+    "ProxyFidelity",
+    "measure_proxy_fidelity",
+    "rank_correlation",
+    "select_fidelity_candidates",
     "WORST_VALUE",
     "Candidate",
     "FrontPoint",
