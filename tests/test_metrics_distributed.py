@@ -1,5 +1,6 @@
 """Accumulating metrics give the same results in 1 and in 2 real processes (torch.distributed, gloo)."""
 
+import datetime
 import os
 import socket
 
@@ -37,12 +38,39 @@ def scores(rank: int = 0, world_size: int = 1) -> dict:
     }
 
 
-def worker(rank: int, world_size: int, port: int, output: str) -> None:
+def empty_rank_scores(rank: int = 0, world_size: int = 1) -> dict:
+    """Two shards, the second without generations, or without any update (its feature width unknown): each process
+    updates with its own shard; one process (world_size 1) updates with both, in rank order. Processes that embed in
+    different widths are refused on every process."""
+    generated, training = features()
+    no_generations = AverageMinCosineDistance(feature=None)
+    no_updates = AverageMinCosineDistance(feature=None, direction="training_to_generated")
+    for shard in [rank] if world_size > 1 else [0, 1]:
+        if shard == 0:
+            no_generations.update(generated, real=False)
+            no_updates.update(generated, real=False)
+            no_updates.update(training, real=True)
+        no_generations.update(training[shard::2], real=True)
+    results = {"refusal": ""}
+    for name, metric in (("no_generations", no_generations), ("no_updates", no_updates)):
+        result = metric.compute()
+        results[name] = {"distances": result.distances, "indices": result.indices}
+    if world_size > 1:
+        mixed_widths = AverageMinCosineDistance(feature=None)
+        mixed_widths.update(generated[:, : 8 - rank], real=False)
+        mixed_widths.update(training[:, : 8 - rank], real=True)
+        with pytest.raises(ValueError) as refusal:
+            mixed_widths.compute()
+        results["refusal"] = str(refusal.value)
+    return results
+
+
+def worker(rank: int, world_size: int, port: int, output: str, score=scores) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
-        torch.save(scores(rank, world_size), f"{output}.{rank}")
+        torch.save(score(rank, world_size), f"{output}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -63,3 +91,18 @@ def test_two_processes_match_one(tmp_path):
         for name in ("amd", "rate", "p95", "fid"):
             assert distributed[name] == pytest.approx(single[name], rel=1e-5), name
         assert distributed["reward"] == pytest.approx(1.5)  # (1 + 2) / 2 batches
+
+
+@pytest.mark.slow
+def test_a_process_without_features_joins_the_gather(tmp_path):
+    # torchmetrics gave an empty list state a 1-D shape, and gloo aborted the processes while gathering it.
+    output = str(tmp_path / "scores")
+    mp.spawn(worker, args=(2, free_port(), output, empty_rank_scores), nprocs=2, join=True)
+    single = empty_rank_scores()
+    for rank in range(2):
+        distributed = torch.load(f"{output}.{rank}")
+        for name in ("no_generations", "no_updates"):
+            assert torch.allclose(distributed[name]["distances"], single[name]["distances"], atol=1e-6), name
+            assert torch.equal(distributed[name]["indices"], single[name]["indices"]), name
+        assert "different widths [7, 8]" in distributed["refusal"]
+    assert single["no_generations"]["indices"].unique().numel() > 5  # indices into the gathered training order

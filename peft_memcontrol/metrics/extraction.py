@@ -14,17 +14,24 @@ pixels), so a threshold means the same at any resolution; ``normalize=False`` gi
 
 Groups: ``group_method="clique"`` (default) needs every pair in the group to be linked, Carlini's definition;
 ``"component"`` takes connected components, as the reference code does. Components chain: a slow drift of
-distinct images a - b - c links a to c although they differ, so components over-count; cliques never do, and on
-the few dozen generations of one prompt the exact maximum clique is cheap.
+distinct images a - b - c links a to c although they differ, so components over-count; cliques never do.
+
+Maximum clique rule: the clique is found exactly by branch and bound with a greedy-colouring bound (Tomita and
+Seki's MCQ, on bitsets), which settles 500 generations at link density 0.3 in well under a second. Dense random
+link graphs are exponentially hard, so the search stops after ``clique_search_budget`` vertex colourings (default
+5 million, about 3 s on one CPU core); it then keeps the largest clique found so far and warns that the group size
+is a lower bound. A prompt flagged on a lower bound is truly flagged; one left unflagged may not be.
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
@@ -35,6 +42,8 @@ from .images import ImageInput, prepare_images
 
 GroupMethod = Literal["clique", "component"]
 Verification = Literal["own", "all"]
+
+CLIQUE_SEARCH_BUDGET = 5_000_000
 
 
 @dataclass
@@ -50,6 +59,8 @@ class ExtractionAttackConfig:
         group_method: ``"clique"`` (default) or ``"component"``.
         verify: compare the group's representative with the prompt's own training image (``"own"``, default) or
             with every training image (``"all"``).
+        clique_search_budget: vertex colourings after which the maximum-clique search stops and keeps the largest
+            clique found, a lower bound (see the module docstring).
     """
 
     threshold: float = 0.15
@@ -58,14 +69,15 @@ class ExtractionAttackConfig:
     min_group_size: int = 3
     group_method: GroupMethod = "clique"
     verify: Verification = "own"
+    clique_search_budget: int = CLIQUE_SEARCH_BUDGET
 
     def __post_init__(self) -> None:
         if self.group_method not in ("clique", "component"):
             raise ValueError(f"group_method must be 'clique' or 'component', got '{self.group_method}'.")
         if self.verify not in ("own", "all"):
             raise ValueError(f"verify must be 'own' or 'all', got '{self.verify}'.")
-        if self.min_group_size < 2 or self.grid_size < 1 or self.threshold <= 0:
-            raise ValueError("Need min_group_size >= 2, grid_size >= 1 and threshold > 0.")
+        if self.min_group_size < 2 or self.grid_size < 1 or self.threshold <= 0 or self.clique_search_budget < 1:
+            raise ValueError("Need min_group_size >= 2, grid_size >= 1, threshold > 0 and clique_search_budget >= 1.")
 
 
 @dataclass
@@ -161,34 +173,94 @@ def _largest_component(neighbours: list[set[int]]) -> list[int]:
     return best
 
 
-def _largest_clique(neighbours: list[set[int]]) -> list[int]:
-    """A maximum clique, by Bron-Kerbosch with pivoting and pruning by the best size found so far."""
-    best: list[int] = []
+def _colour_classes(candidates: int, adjacency: list[int]) -> list[tuple[int, int]]:
+    """Greedy colouring of the vertices in the bitset ``candidates``: (vertex, colour) pairs by increasing colour.
 
-    def expand(clique: list[int], candidates: set[int], excluded: set[int]) -> None:
-        nonlocal best
-        if not candidates and not excluded:
-            if len(clique) > len(best):
-                best = sorted(clique)
-            return
-        if len(clique) + len(candidates) <= len(best):
-            return
-        pivot = max(candidates | excluded, key=lambda node: len(neighbours[node] & candidates))
-        for node in sorted(candidates - neighbours[pivot]):
-            expand(clique + [node], candidates & neighbours[node], excluded & neighbours[node])
-            candidates = candidates - {node}
-            excluded = excluded | {node}
-
-    expand([], set(range(len(neighbours))), set())
-    return best
-
-
-def largest_group(linked: torch.Tensor, method: GroupMethod = "clique") -> list[int]:
-    """The largest group of a symmetric boolean (N, N) link matrix: a maximum clique or a largest connected
-    component. A single node is a group of size 1.
+    Vertices of one colour are pairwise unlinked, so a clique holds at most one vertex per colour: a vertex's colour
+    bounds the size of any clique among it and the vertices before it.
     """
+    coloured, uncoloured, colour = [], candidates, 0
+    while uncoloured:
+        colour += 1
+        available = uncoloured
+        while available:
+            lowest = available & -available
+            vertex = lowest.bit_length() - 1
+            available &= ~adjacency[vertex] & ~lowest
+            uncoloured &= ~lowest
+            coloured.append((vertex, colour))
+    return coloured
+
+
+def _maximum_clique(adjacency: list[int], budget: int) -> tuple[list[int], bool]:
+    """Branch and bound for a maximum clique (MCQ) on bitset adjacency rows, without recursion.
+
+    Returns the largest clique found and whether it is proven maximum (``False`` when ``budget`` vertex colourings
+    were spent first).
+    """
+    best: list[int] = []
+    clique: list[int] = []
+    everything = (1 << len(adjacency)) - 1
+    work = len(adjacency)
+    # One frame per vertex of `clique`, plus the root: [vertices left to branch on, with colours; their bitset].
+    frames = [[_colour_classes(everything, adjacency), everything]]
+    while frames:
+        frame = frames[-1]
+        pending, candidates = frame
+        if not pending or len(clique) + pending[-1][1] <= len(best):
+            frames.pop()
+            if clique:
+                clique.pop()
+            continue
+        vertex, _ = pending.pop()
+        extension = candidates & adjacency[vertex]
+        frame[1] = candidates & ~(1 << vertex)
+        if not extension:
+            if len(clique) + 1 > len(best):
+                best = clique + [vertex]
+            continue
+        work += extension.bit_count()
+        if work > budget:
+            return best, False
+        clique.append(vertex)
+        frames.append([_colour_classes(extension, adjacency), extension])
+    return best, True
+
+
+def _largest_clique(linked: torch.Tensor, budget: int) -> list[int]:
+    """A maximum clique of a boolean link matrix, or the largest found within ``budget`` (with a warning).
+
+    Vertices are coloured in order of decreasing degree, which keeps the colouring bound tight; among equal degrees
+    the lowest index is branched on first (an edgeless graph gives ``[0]``).
+    """
+    linked = linked.cpu().clone()
+    linked.fill_diagonal_(False)
+    degrees = linked.sum(dim=1).tolist()
+    order = sorted(range(len(degrees)), key=lambda node: (-degrees[node], -node))
+    permuted = linked[order][:, order].numpy()
+    adjacency = [int.from_bytes(row.tobytes(), "little") for row in np.packbits(permuted, axis=1, bitorder="little")]
+    clique, exact = _maximum_clique(adjacency, budget)
+    if not exact:
+        warnings.warn(
+            f"The maximum-clique search over {len(order)} generations stopped after its budget of {budget} vertex "
+            f"colourings: the group of {len(clique)} is the largest found, a lower bound on the largest group. Raise "
+            "clique_search_budget for the exact size, or lower the link threshold (the link graph is dense).",
+            stacklevel=3,
+        )
+    return sorted(order[vertex] for vertex in clique)
+
+
+def largest_group(
+    linked: torch.Tensor, method: GroupMethod = "clique", clique_search_budget: int = CLIQUE_SEARCH_BUDGET
+) -> list[int]:
+    """The largest group of a symmetric boolean (N, N) link matrix: a maximum clique or a largest connected
+    component. A single node is a group of size 1. The clique search stops after ``clique_search_budget`` vertex
+    colourings with a warning, keeping the largest clique found (see the module docstring).
+    """
+    if method == "clique":
+        return _largest_clique(linked.bool(), clique_search_budget)
     neighbours = [set(torch.nonzero(row).flatten().tolist()) - {index} for index, row in enumerate(linked)]
-    return _largest_clique(neighbours) if method == "clique" else _largest_component(neighbours)
+    return _largest_component(neighbours)
 
 
 def _attack_prompt(
@@ -200,7 +272,7 @@ def _attack_prompt(
 ) -> tuple[PromptExtractionRecord, ExtractedPair | None]:
     """Groups one prompt's generations, flags the prompt and verifies its representative against training data."""
     distances = tiled_l2_distance(generated, generated, config.grid_size, config.normalize)
-    group = largest_group(distances < config.threshold, config.group_method)
+    group = largest_group(distances < config.threshold, config.group_method, config.clique_search_budget)
     within_group = distances[group][:, group]
     representative = group[int(within_group.sum(dim=1).argmin())]  # the group's medoid
     candidates = [prompt_index] if config.verify == "own" else list(range(training_images.shape[0]))

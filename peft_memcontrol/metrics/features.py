@@ -48,6 +48,19 @@ class FeatureExtractor(nn.Module):
         return super().train(False)
 
 
+class PrecomputedFeatures(nn.Module):
+    """The "network" handed to torchmetrics' FID and KID: features are computed before ``update``, so it passes
+    (N, ``num_features``) features on unchanged."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Returns the features unchanged."""
+        return features
+
+
 class CallableFeatures(FeatureExtractor):
     """Wraps a user's ``nn.Module`` or callable; ``num_features`` is read from the module or probed once."""
 
@@ -228,7 +241,10 @@ def check_features(features: torch.Tensor, name: str = "features") -> torch.Tens
         raise TypeError(f"{name} must be floating point, got {features.dtype}.")
     if not torch.isfinite(features).all():
         raise ValueError(f"{name} contain NaN or infinite values.")
-    return features.float()
+    features = features.float()
+    if not torch.isfinite(features).all():
+        raise ValueError(f"{name} exceed the float32 range (about 3.4e38): rescale them before passing them.")
+    return features
 
 
 def as_features(
@@ -238,8 +254,21 @@ def as_features(
 ) -> torch.Tensor:
     """Returns features for a metric update: a 2-D tensor is taken as precomputed (N, d) features, anything else
     is embedded with ``extractor``. This is what lets one set of features serve FID, AMD and replication.
+
+    When ``extractor`` is known, a 2-D tensor must have its width ``num_features``: a single grayscale image (H, W)
+    is 2-D too, and would otherwise be scored as H feature vectors of width W. Without an extractor the metric's
+    own width checks apply.
     """
     if isinstance(images_or_features, torch.Tensor) and images_or_features.dim() == 2:
+        if extractor is not None and images_or_features.shape[1] != extractor.num_features:
+            height, width = images_or_features.shape
+            raise ValueError(
+                f"Got a 2-D tensor of shape ({height}, {width}), read as {height} precomputed features of width "
+                f"{width}, but this metric's feature space has {extractor.num_features} features. It looks like a "
+                f"single 2-D image (a {height}x{width} grayscale image read as {width} features): pass it as "
+                "image[None, None], shape (1, 1, H, W), or a batch of them as (N, 1, H, W). Precomputed features "
+                "must come from the metric's own feature space."
+            )
         return check_features(images_or_features)
     if extractor is None:
         raise ValueError("This metric was built with feature=None: pass precomputed (N, d) features, not images.")

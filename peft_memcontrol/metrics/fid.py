@@ -11,23 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
+from .features import DEFAULT_FEATURE, FeatureSpec, PrecomputedFeatures, as_features, get_feature_extractor
 from .images import ImageInput
-
-
-class _PrecomputedFeatures(nn.Module):
-    """The "network" handed to torchmetrics: features are computed before ``update``, so it passes them on."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Returns the (N, d) features unchanged."""
-        return features
 
 
 class FrechetDistance(FrechetInceptionDistance):
@@ -54,7 +41,7 @@ class FrechetDistance(FrechetInceptionDistance):
             raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
         width = extractor.num_features if extractor is not None else num_features
         super().__init__(
-            feature=_PrecomputedFeatures(width), reset_real_features=reset_real_features, normalize=False, **kwargs
+            feature=PrecomputedFeatures(width), reset_real_features=reset_real_features, normalize=False, **kwargs
         )
         self.feature_extractor = extractor
         self.batch_size = batch_size

@@ -8,8 +8,8 @@ agree on what a pixel value means:
   image (what ``pipeline(..., output_type="np")`` returns); a ``PIL.Image`` or a list of images is stacked;
 * ``uint8`` values are divided by 255; other integer and boolean types are refused;
 * a single channel (grayscale) is repeated to three channels; any other channel count other than 3 is refused;
-* float values must lie in ``[0, 1]``: images in ``[-1, 1]`` (the VAE's range) are refused with a hint, because
-  silently rescaling them would change every distance;
+* float values must lie in ``[0, 1]``: images in ``[-1, 1]`` (the VAE's range) or ``[0, 255]`` (pixel values stored
+  as float) are refused with a hint, because silently rescaling them would change every distance;
 * empty batches, empty images and non-finite values (NaN, inf) are refused.
 """
 
@@ -81,6 +81,16 @@ def prepare_images(images: ImageInput) -> torch.Tensor:
         raise ValueError("Images contain NaN or infinite values.")
     low, high = tensor.min().item(), tensor.max().item()
     if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-        hint = " They look like [-1, 1] images: pass (images + 1) / 2." if low >= -1 - _RANGE_TOLERANCE else ""
-        raise ValueError(f"Float images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}].{hint}")
+        raise ValueError(
+            f"Float images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}].{_range_hint(low, high)}"
+        )
     return tensor.clamp(0.0, 1.0).contiguous()
+
+
+def _range_hint(low: float, high: float) -> str:
+    """Names the common range that out-of-range float images look like, and how to bring them to [0, 1]."""
+    if low >= -1 - _RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE:
+        return " They look like [-1, 1] images: pass (images + 1) / 2."
+    if low >= -_RANGE_TOLERANCE and high <= 255 + _RANGE_TOLERANCE:
+        return " They look like [0, 255] pixel values stored as float: divide by 255 (pass images / 255)."
+    return ""

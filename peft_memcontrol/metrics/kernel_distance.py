@@ -31,8 +31,7 @@ import torch
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel, poly_mmd
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
-from .fid import _PrecomputedFeatures
+from .features import DEFAULT_FEATURE, FeatureSpec, PrecomputedFeatures, as_features, get_feature_extractor
 from .images import ImageInput
 
 
@@ -91,7 +90,7 @@ class KernelDistance(KernelInceptionDistance):
             # torchmetrics warns that features are kept in memory: that is the design here (N x d floats per set).
             warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save")
             super().__init__(
-                feature=_PrecomputedFeatures(width),
+                feature=PrecomputedFeatures(width),
                 subsets=num_subsets,
                 subset_size=subset_size or MIN_SAMPLES_PER_SET,
                 reset_real_features=reset_real_features,

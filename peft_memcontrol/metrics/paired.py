@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
 from .images import ImageInput
@@ -29,7 +31,8 @@ class PairedFeatureMetric(Metric):
     ``update(x, real)`` follows torchmetrics' FID: ``real=True`` for training images, ``False`` for generations.
     ``x`` is images (embedded with ``feature``) or precomputed (N, d) features. Feature lists are concatenated
     across processes, so every process computes the same result; indices refer to the gathered order (rank 0's
-    updates, then rank 1's, ...).
+    updates, then rank 1's, ...). A process may have no generated or no training features (fewer images than
+    processes); processes that updated with features of different widths are refused at ``compute()``.
 
     Args:
         feature: the feature space (see `get_feature_extractor`), or
@@ -66,7 +69,8 @@ class PairedFeatureMetric(Metric):
 
     def update(self, images_or_features: ImageInput | torch.Tensor, real: bool) -> None:
         """Adds training (``real=True``) or generated (``real=False``) images or (N, d) features."""
-        features = as_features(images_or_features, self.feature_extractor, self.batch_size).to(self.device)
+        features = as_features(images_or_features, self.feature_extractor, self.batch_size)
+        features = features.to(device=self.device, dtype=self.dtype)
         for state in (self.generated_features, self.training_features):
             if isinstance(state, list) and state and state[0].shape[1] != features.shape[1]:
                 raise ValueError(
@@ -80,6 +84,29 @@ class PairedFeatureMetric(Metric):
         super().reset()
         if kept is not None:
             self.training_features = kept
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        """Gathers the feature lists across processes, after giving an empty list the shape (0, d).
+
+        torchmetrics replaces an empty list state by a 1-D empty tensor, whose shape the other processes' (N, d)
+        states cannot be gathered with (gloo aborts the process). The width d is agreed on first, so a process that
+        saw no features at all still joins every gather with the same shape.
+        """
+        group = process_group or self.process_group
+        states = (self.generated_features, self.training_features)
+        local_width = max((features.shape[-1] for state in states for features in state), default=0)
+        widths = {int(width) for width in dist_sync_fn(torch.tensor([local_width], device=self.device), group=group)}
+        widths.discard(0)
+        if len(widths) > 1:
+            raise ValueError(
+                f"Processes updated {type(self).__name__} with features of different widths {sorted(widths)}: every "
+                "process must embed its images in the same feature space."
+            )
+        width = widths.pop() if widths else 0
+        for name in ("generated_features", "training_features"):
+            if not len(getattr(self, name)):
+                setattr(self, name, [torch.empty(0, width, device=self.device, dtype=self.dtype)])
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (synchronised) generated and training feature matrices; raises if either set is empty."""
