@@ -52,11 +52,28 @@ def test_copy_similarity_in_a_real_inner_loop_matches_a_brute_force_loop(tmp_pat
         )
         expected["without_test_set"] = brute_force_copy_similarity(pipe, context.settings, memorization, [""])
         expected["objective_without_test_set"] = copy_similarity(replace(context, test_dataset=None, cache={}))
+        expected["kid"] = brute_force_kid(context)
         return 0.0
+
+    def brute_force_kid(context: ObjectiveContext) -> float:
+        """The unbiased squared MMD with the kernel (x.y / d + 1)^3, pair by pair, on the generations ``kid`` used
+        (it runs before ``brute_force``)."""
+        test = dataset_split(context.test_dataset, range(4))
+        real = context.features.embed(test.images).double()
+        fake = context.features.embed(context.cache["test_generations"]).double()
+        d, n = real.shape[1], real.shape[0]
+
+        def mean_kernel(a, b, skip_diagonal):
+            values = [
+                float((a[i] @ b[j] / d + 1) ** 3) for i in range(n) for j in range(n) if not (skip_diagonal and i == j)
+            ]
+            return sum(values) / len(values)
+
+        return mean_kernel(real, real, True) + mean_kernel(fake, fake, True) - 2 * mean_kernel(real, fake, False)
 
     loop = InnerLoop(
         ProxyDataSpec(data.train_dir, test_data_dir=data.test_dir, fraction=0.05, num_memorization=2, repeats=2),
-        objectives=["copy_similarity", brute_force, "fid"],
+        objectives=["copy_similarity", "kid", brute_force],
         training=TrainingConfig(max_train_steps=2, train_batch_size=2),
         evaluation=FAST_SAMPLING,
     )
@@ -64,7 +81,8 @@ def test_copy_similarity_in_a_real_inner_loop_matches_a_brute_force_loop(tmp_pat
     scores = loop(space.decode(space.genome_from_bits([1] * space.num_unit_genes)))
 
     assert BUILTIN_OBJECTIVES["copy_similarity"] is copy_similarity
-    assert set(scores) == {"copy_similarity", "brute_force", "fid"}
+    assert set(scores) == {"copy_similarity", "kid", "brute_force"}
+    assert scores["kid"] == pytest.approx(expected["kid"], rel=1e-4, abs=1e-6)
     assert scores["copy_similarity"] == pytest.approx(expected["with_test_set"], abs=1e-5)
     assert expected["objective_without_test_set"] == pytest.approx(expected["without_test_set"], abs=1e-5)
     # the held-out captions' generations count: leaving them out changes the score

@@ -2,7 +2,7 @@
 
 1. Fine-tune the baselines on the main domain (digits by default): full fine-tuning, SVDiff, DiffFit and masked attention tuning (every slot on),
    full fine-tuning with random word addition, and with Wen et al.'s noise-norm filtering.
-2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, copy similarity vs FID), fine-tune
+2. Search an SVDiff mask with `MaskSearcher` (NSGA-II, `InnerLoop` on a proxy set, copy similarity vs KID), fine-tune
    the knee of the front on the full training set, and a sample of other searched masks to measure how well the inner
    loop ranks masks like the full fine-tune (`peft_memcontrol.search.fidelity`).
 3. Score every model the same way (`peft_memcontrol.evaluation.evaluate_model`).

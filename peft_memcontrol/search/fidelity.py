@@ -151,6 +151,7 @@ class FullCounterpart(NamedTuple):
 
 DEFAULT_FULL_COUNTERPARTS: dict[str, FullCounterpart] = {
     "fid": FullCounterpart("kid", +1),
+    "kid": FullCounterpart("kid", +1),
     "neg_amd": FullCounterpart("amd", -1),
     "noise_norm": FullCounterpart("extracted", +1),
     "copy_similarity": FullCounterpart("amd", -1),

@@ -182,7 +182,7 @@ class InnerLoop:
             no learning-rate gene. Default: ``TrainingConfig()``.
         evaluation: generation and metric settings of the objectives (default `SEARCH_EVALUATION`):
             ``num_generations`` are the extraction attack's generations per prompt, ``num_fid_images`` the test
-            images of ``fid``, ``feature`` the feature space of ``fid``, ``neg_amd`` and ``copy_similarity``.
+            images of ``fid``, ``feature`` the feature space of ``fid``, ``kid``, ``neg_amd`` and ``copy_similarity``.
         reduction: ``"max"`` or ``"mean"`` over a batch for ``noise_norm``.
         mask_semantics, granularity, method_options: passed to every candidate's `MemControlConfig`.
         reuse_base_model: keep the base model between candidates (``False`` reloads it and forgets the SVD and
@@ -206,8 +206,8 @@ class InnerLoop:
     ) -> None:
         self._objectives = resolve_objectives(objectives)
         self.objectives = [name for name, _ in self._objectives]
-        if any(name in ("fid", "val_loss") for name in self.objectives) and data.test_data_dir is None:
-            raise ValueError("The 'fid' and 'val_loss' objectives need held-out data: set data.test_data_dir.")
+        if any(name in ("fid", "kid", "val_loss") for name in self.objectives) and data.test_data_dir is None:
+            raise ValueError("The 'fid', 'kid' and 'val_loss' objectives need held-out data: set data.test_data_dir.")
         self.data = data
         self.training = training if training is not None else TrainingConfig()
         self.evaluation = evaluation

@@ -16,6 +16,8 @@ images to the metrics package.
   first held-out captions), each scored by its best cosine similarity to a memorization image in the feature space
   of ``settings.feature``, averaged over generations. Higher = more memorization.
 * ``fid``: FID between K held-out test images and K generations from their prompts. Lower = better quality.
+* ``kid``: KID on the same images: unbiased where FID on a few images is mostly bias (prefer it for K below a few
+  hundred). Lower = better quality.
 * ``neg_amd``: minus the AMD of generations for the memorization prompts to the memorization images (AMD is low when
   generations copy training images, so ``-AMD`` is minimized by masks that memorize less).
 * ``extraction``: images extracted by the extraction attack on the memorization prompts.
@@ -37,6 +39,7 @@ from ..metrics import (
     average_min_cosine_distance,
     extraction_attack_on_images,
     frechet_distance,
+    kernel_distance,
     nearest_neighbours,
     pipeline_memorization_reward,
 )
@@ -114,16 +117,26 @@ def noise_norm(context: ObjectiveContext) -> float:
     return float(torch.stack(rewards).float().mean())
 
 
-def fid(context: ObjectiveContext) -> float:
-    """FID between the first K test images and K generations from their prompts."""
-    test = _test_set(context, "fid")
+def _test_features(context: ObjectiveContext, objective: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the first K test images and of K generations from their prompts (generated once per candidate)."""
+    test = _test_set(context, objective)
     limit = context.settings.num_fid_images
     count = len(test) if limit is None else min(limit, len(test))
     if count < 2:
-        raise ValueError("FID needs at least 2 test images.")
+        raise ValueError(f"{objective} needs at least 2 test images.")
     real = dataset_split(test, range(count))
     generated = context.generate(real.captions, "test_generations")
-    return float(frechet_distance(context.features.fixed(real.images), context.features.embed(generated)))
+    return context.features.fixed(real.images), context.features.embed(generated)
+
+
+def fid(context: ObjectiveContext) -> float:
+    """FID between the first K test images and K generations from their prompts."""
+    return float(frechet_distance(*_test_features(context, "fid")))
+
+
+def kid(context: ObjectiveContext) -> float:
+    """KID (unbiased, the quality measure for small K) between the first K test images and K generations."""
+    return float(kernel_distance(*_test_features(context, "kid")).mean)
 
 
 def neg_amd(context: ObjectiveContext) -> float:
@@ -205,6 +218,7 @@ Objective = Callable[[ObjectiveContext], float]
 BUILTIN_OBJECTIVES: dict[str, Objective] = {
     "noise_norm": noise_norm,
     "fid": fid,
+    "kid": kid,
     "neg_amd": neg_amd,
     "copy_similarity": copy_similarity,
     "extraction": extraction,
