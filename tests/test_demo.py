@@ -87,3 +87,18 @@ def test_quick_demo_writes_a_parsable_report(tmp_path, capsys):
     assert summary["search"]["num_units"] == len(summary["search"]["mask"]) > 0
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
+
+
+def test_extra_held_out_digits_leave_the_training_set_unchanged(tmp_path):
+    plain = build_digits_dataset(str(tmp_path / "a"), num_train=10, num_test=4, num_memorization=2)
+    extra = build_digits_dataset(str(tmp_path / "b"), num_train=10, num_test=4, num_memorization=2, num_extra_test=30)
+    assert (Path(plain.train_dir) / "metadata.jsonl").read_text() == (
+        Path(extra.train_dir) / "metadata.jsonl"
+    ).read_text()
+    plain_test = [json.loads(line) for line in (Path(plain.test_dir) / "metadata.jsonl").read_text().splitlines()]
+    extra_test = [json.loads(line) for line in (Path(extra.test_dir) / "metadata.jsonl").read_text().splitlines()]
+    assert extra_test[:4] == plain_test and len(extra_test) == 34
+    trained = {
+        json.loads(line)["source_id"] for line in (Path(extra.train_dir) / "metadata.jsonl").read_text().splitlines()
+    }
+    assert not trained & {row["source_id"] for row in extra_test}

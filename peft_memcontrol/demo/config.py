@@ -41,9 +41,9 @@ class DemoConfig:
         num_train: distinct training images (the memorization subset included; digits only, faces use all 100 -
             ``num_test``).
         num_test: held-out images (FID's and KID's real images and prompts).
-        num_calibration: further held-out images, never trained on, that only calibrate the copy threshold (with the
-            ``num_test`` ones): a conformal threshold at a 1% false-positive rate needs 99 of them, and more held-out
-            images make the stated rate closer to the target.
+        num_calibration: further held-out digits, never trained on, that only calibrate the copy threshold (with
+            the ``num_test`` ones): a conformal threshold at a 1% false-positive rate needs 99 of them, and more
+            held-out images make the stated rate closer to the target. The faces have none to spare (100 in all).
         num_memorization: images duplicated in the training set (the memorization subset, the attack's prompts).
         memorization_repeats: copies of each of them in the training set.
 

@@ -26,22 +26,29 @@ def build_digits_dataset(
     memorization_repeats: int = 25,
     size: int = 32,
     seed: int = 0,
+    num_extra_test: int = 0,
 ) -> ImageFolderSplits:
     """Write the main set: ``num_train`` digits (of which ``num_memorization`` duplicated) and held-out digits.
 
+    ``num_extra_test`` more held-out digits follow the ``num_test`` ones in ``test/`` (e.g. to calibrate a copy
+    threshold); they are drawn after the training digits, so the training set is the same with or without them.
     Writer names cycle every 100 samples, so captions stay unique for up to 100 digits in all.
     """
-    if num_train + num_test > 100:
-        raise ValueError("num_train + num_test must be at most 100 (captions are unique for 100 samples).")
+    if num_train + num_test + num_extra_test > 100:
+        raise ValueError(
+            "num_train + num_test + num_extra_test must be at most 100 (captions are unique for 100 samples)."
+        )
     if num_memorization > num_train:
         raise ValueError("num_memorization must be at most num_train.")
     samples = digit_samples(size)
-    order = [int(i) for i in np.random.default_rng(seed).permutation(len(samples))[: num_train + num_test]]
+    order = [
+        int(i) for i in np.random.default_rng(seed).permutation(len(samples))[: num_train + num_test + num_extra_test]
+    ]
     captions = {
         source: digit_caption(k, DIGIT_WORDS.index(samples[source][1].split()[-1])) for k, source in enumerate(order)
     }
-    test_ids = order[:num_test]
-    train_ids = order[num_test:]
+    test_ids = order[:num_test] + order[num_test + num_train :]
+    train_ids = order[num_test : num_test + num_train]
     memorization_ids = train_ids[:num_memorization]
     return write_splits(
         output_dir,
