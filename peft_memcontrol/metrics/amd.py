@@ -21,7 +21,7 @@ import torch
 from torchmetrics import Metric
 
 from .calibration import INCEPTION_MIFID_THRESHOLD
-from .features import DEFAULT_FEATURE, FeatureSpec, as_features, get_feature_extractor
+from .features import DEFAULT_FEATURE, FeatureSpec, as_features, resolve_feature
 from .fid import FrechetDistance
 from .images import ImageInput
 from .paired import Direction, PairedFeatureMetric, check_direction
@@ -121,10 +121,7 @@ class MemorizationInformedFID(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.feature_extractor = get_feature_extractor(feature, num_features) if feature is not None else None
-        if num_features is None and self.feature_extractor is None:
-            raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
-        width = num_features if self.feature_extractor is None else self.feature_extractor.num_features
+        self.feature_extractor, width = resolve_feature(feature, num_features)
         self.batch_size = batch_size
         self.threshold = default_mifid_threshold(feature) if threshold is None else threshold
         self.fid = FrechetDistance(feature=None, num_features=width, **kwargs)

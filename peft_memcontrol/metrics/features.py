@@ -61,6 +61,31 @@ class PrecomputedFeatures(nn.Module):
         return features
 
 
+def resolve_feature(feature: FeatureSpec | None, num_features: int | None) -> tuple[FeatureExtractor | None, int]:
+    """The feature space and width of a metric that takes images or precomputed features (FID, KID): ``feature=None``
+    (features only) needs ``num_features``."""
+    extractor = get_feature_extractor(feature, num_features) if feature is not None else None
+    if extractor is None and num_features is None:
+        raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
+    return extractor, extractor.num_features if extractor is not None else int(num_features)
+
+
+class FeatureInput:
+    """How FID and KID take an update: images embedded in ``feature_extractor``'s space, or precomputed features,
+    checked against ``num_features`` (both set from `resolve_feature`)."""
+
+    feature_extractor: FeatureExtractor | None
+    num_features: int
+    batch_size: int
+
+    def features(self, images_or_features: ImageInput | torch.Tensor) -> torch.Tensor:
+        """The (N, ``num_features``) features of an update."""
+        features = as_features(images_or_features, self.feature_extractor, self.batch_size)
+        if features.shape[1] != self.num_features:
+            raise ValueError(f"Expected features of width {self.num_features}, got {features.shape[1]}.")
+        return features
+
+
 class CallableFeatures(FeatureExtractor):
     """Wraps a user's ``nn.Module`` or callable; ``num_features`` is read from the module or probed once."""
 

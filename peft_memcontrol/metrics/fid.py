@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from .features import DEFAULT_FEATURE, FeatureSpec, PrecomputedFeatures, as_features, get_feature_extractor
+from .features import DEFAULT_FEATURE, FeatureInput, FeatureSpec, PrecomputedFeatures, resolve_feature
 from .images import ImageInput
 
 
-class FrechetDistance(FrechetInceptionDistance):
+class FrechetDistance(FeatureInput, FrechetInceptionDistance):
     """FID in a chosen feature space; ``update(x, real)`` takes images or precomputed (N, d) features.
 
     Args:
@@ -36,23 +36,15 @@ class FrechetDistance(FrechetInceptionDistance):
         reset_real_features: bool = True,
         **kwargs: Any,
     ) -> None:
-        extractor = get_feature_extractor(feature, num_features) if feature is not None else None
-        if extractor is None and num_features is None:
-            raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
-        width = extractor.num_features if extractor is not None else num_features
+        extractor, width = resolve_feature(feature, num_features)
         super().__init__(
             feature=PrecomputedFeatures(width), reset_real_features=reset_real_features, normalize=False, **kwargs
         )
-        self.feature_extractor = extractor
-        self.batch_size = batch_size
-        self.num_features = width
+        self.feature_extractor, self.num_features, self.batch_size = extractor, width, batch_size
 
     def update(self, images_or_features: ImageInput | torch.Tensor, real: bool) -> None:
         """Adds real (``real=True``) or generated images, or their (N, d) features, to the running statistics."""
-        features = as_features(images_or_features, self.feature_extractor, self.batch_size)
-        if features.shape[1] != self.num_features:
-            raise ValueError(f"Expected features of width {self.num_features}, got {features.shape[1]}.")
-        super().update(features.to(self.device), real=real)
+        super().update(self.features(images_or_features).to(self.device), real=real)
 
     def compute(self) -> torch.Tensor:
         """The Fréchet distance, clamped at 0; needs at least two real and two generated samples."""

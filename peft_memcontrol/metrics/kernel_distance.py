@@ -31,7 +31,7 @@ import torch
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel, poly_mmd
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .features import DEFAULT_FEATURE, FeatureSpec, PrecomputedFeatures, as_features, get_feature_extractor
+from .features import DEFAULT_FEATURE, FeatureInput, FeatureSpec, PrecomputedFeatures, resolve_feature
 from .images import ImageInput
 
 
@@ -54,7 +54,7 @@ class KIDResult(NamedTuple):
     standard_error: torch.Tensor
 
 
-class KernelDistance(KernelInceptionDistance):
+class KernelDistance(FeatureInput, KernelInceptionDistance):
     """KID in a chosen feature space; ``update(x, real)`` takes images or precomputed (N, d) features.
 
     Args:
@@ -80,12 +80,9 @@ class KernelDistance(KernelInceptionDistance):
         reset_real_features: bool = True,
         **kwargs: Any,
     ) -> None:
-        extractor = get_feature_extractor(feature, num_features) if feature is not None else None
-        if extractor is None and num_features is None:
-            raise ValueError("With feature=None, pass num_features (the width of the features you will update with).")
+        extractor, width = resolve_feature(feature, num_features)
         if subset_size is not None and subset_size < MIN_SAMPLES_PER_SET:
             raise ValueError(f"subset_size must be at least {MIN_SAMPLES_PER_SET}, got {subset_size}.")
-        width = extractor.num_features if extractor is not None else num_features
         with warnings.catch_warnings():
             # torchmetrics warns that features are kept in memory: that is the design here (N x d floats per set).
             warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save")
@@ -99,16 +96,11 @@ class KernelDistance(KernelInceptionDistance):
             )
         self.subset_size = subset_size
         self.seed = seed
-        self.feature_extractor = extractor
-        self.batch_size = batch_size
-        self.num_features = width
+        self.feature_extractor, self.num_features, self.batch_size = extractor, width, batch_size
 
     def update(self, images_or_features: ImageInput | torch.Tensor, real: bool) -> None:
         """Adds real (``real=True``) or generated images, or their (N, d) features, to the kept features."""
-        features = as_features(images_or_features, self.feature_extractor, self.batch_size)
-        if features.shape[1] != self.num_features:
-            raise ValueError(f"Expected features of width {self.num_features}, got {features.shape[1]}.")
-        super().update(features.to(self.device), real=real)
+        super().update(self.features(images_or_features).to(self.device), real=real)
 
     def compute(self) -> KIDResult:
         """KID over ``num_subsets`` seeded subsets, and its jackknife standard error; needs >= 2 samples per set."""
