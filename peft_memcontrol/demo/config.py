@@ -1,9 +1,9 @@
 """Settings of ``memcontrol demo``: one dataclass, with the ``default`` and ``quick`` presets.
 
-The default is sized for a 2-core CPU (under 10 minutes) and chosen so that full fine-tuning measurably memorizes: a
+The default is sized for a 2-core CPU (about 15 minutes) and chosen so that full fine-tuning measurably memorizes: a
 few faces are duplicated many times in a small training set and trained on for many steps, and the extraction attack
-draws a few seeded generations per memorized prompt. ``quick`` (under 3 minutes) keeps the same setting at a smaller
-budget; on a GPU, raise the budgets (``--max_train_steps``, ``--population_size``, ...) instead.
+draws a few seeded generations per memorized prompt. ``quick`` keeps the same setting at a smaller
+budget (about 5 minutes); on a GPU, raise the budgets (``--max_train_steps``, ``--population_size``, ...) instead.
 """
 
 from __future__ import annotations
