@@ -141,10 +141,10 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune the embedded tiny pipeline on handwritten digits with a duplicated subset with every "
         "baseline and a searched MemControl mask, score memorization and quality, transfer the mask to faces, and "
         "write a report (results.md/.csv, transfer.md/.csv, nearest.png, search/front.png). Default: about 15 "
-        "minutes on a 2-core CPU; --quick: about 5.",
+        "minutes on a 2-core CPU; --quick: about 4.",
     )
     parser.add_argument("--output_dir", default="memcontrol-demo", help="Report folder.")
-    parser.add_argument("--quick", action="store_true", help="The small preset (about 5 minutes on a CPU).")
+    parser.add_argument("--quick", action="store_true", help="The small preset (about 4 minutes on a CPU).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="Default: cuda when available.")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None)

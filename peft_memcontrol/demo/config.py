@@ -3,7 +3,7 @@
 The default is sized for a 2-core CPU (about 15 minutes) and chosen so that full fine-tuning measurably memorizes: a
 few faces are duplicated many times in a small training set and trained on for many steps, and the extraction attack
 draws a few seeded generations per memorized prompt. ``quick`` keeps the same setting at a smaller
-budget (about 5 minutes); on a GPU, raise the budgets (``--max_train_steps``, ``--population_size``, ...) instead.
+budget (about 4 minutes); on a GPU, raise the budgets (``--max_train_steps``, ``--population_size``, ...) instead.
 """
 
 from __future__ import annotations
