@@ -37,6 +37,7 @@ from .search import (
 from .search.genome import default_learning_rate_bounds
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
 from .search.journal import JournalError
+from .search.lock import SearchFolderBusyError
 from .search.report import push_mask_to_hub, write_search_outputs
 from .tiny_sd import tiny_pipeline_path
 from .training import TrainingConfig
@@ -297,7 +298,8 @@ def _executor(args: argparse.Namespace):
 def run_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search and write its outputs; returns the exit status: 0, 1 when no candidate succeeded
     (the outputs are still written, and the counts by status and the first error printed), 2 when the output folder
-    cannot be resumed (other settings, a damaged journal or checkpoint, or ``--restart`` on an existing search)."""
+    cannot be resumed (other settings, a damaged journal or checkpoint, ``--restart`` on an existing search, or another
+    search running in it)."""
     space, evaluator, constraint = _search_setup(args)
     config = SearchConfig(
         population_size=args.population_size,
@@ -320,7 +322,7 @@ def run_search(args: argparse.Namespace) -> int:
     )
     try:
         result = searcher.run(resume=not args.restart)
-    except (JournalError, FileExistsError) as error:  # a folder that cannot be resumed: the message says why
+    except (JournalError, FileExistsError, SearchFolderBusyError) as error:  # the message says why and the way out
         print(f"memcontrol search: error: {error}", file=sys.stderr)
         return 2
     paths = write_search_outputs(result, args.output_dir, args.max_quality, args.max_memorization)

@@ -22,6 +22,7 @@ from .fidelity import (
 from .genome import METHOD_CHOICES, Candidate, GenomeSpace
 from .inner_loop import InnerLoop, TrainableShareConstraint
 from .journal import Journal, atomic_write_json
+from .lock import SearchFolderBusyError
 from .pareto import best_within, dominates, hypervolume, knee_point, non_dominated_indices
 from .result import FrontPoint, SearchResult
 from .searcher import MaskSearcher
@@ -47,6 +48,7 @@ __all__ = [
     "ProcessExecutor",
     "RayExecutor",
     "SearchConfig",
+    "SearchFolderBusyError",
     "SearchResult",
     "SerialExecutor",
     "SyntheticMaskProblem",

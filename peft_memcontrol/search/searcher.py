@@ -40,6 +40,7 @@ from .config import SearchConfig
 from .executors import get_executor
 from .genome import Candidate, Genome, GenomeSpace
 from .journal import JOURNAL_NAME, Journal, JournalError, jsonable
+from .lock import search_folder_lock
 from .operators import Individual, as_individuals, fitness_class, make_toolbox, private_random
 from .pareto import default_reference_point, hypervolume, non_dominated_indices
 from .result import FrontPoint, SearchResult
@@ -327,12 +328,19 @@ class MaskSearcher:
     def run(self, resume: bool = True) -> SearchResult:
         """Run the search to ``config.generations`` (continuing a checkpointed one when ``resume``).
 
-        With ``resume=False`` an output folder that already holds a journal is refused rather than overwritten.
+        With ``resume=False`` an output folder that already holds a journal is refused rather than overwritten. The
+        folder is locked while the search runs: a second search in it is refused (`SearchFolderBusyError`).
         """
+        if self.output_dir is None:
+            return self._run(resume)
+        os.makedirs(self.output_dir, exist_ok=True)
+        with search_folder_lock(self.output_dir):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> SearchResult:
         self._reset_state()
         journal = None
         if self.output_dir is not None:
-            os.makedirs(self.output_dir, exist_ok=True)
             if not resume and os.path.exists(self._path(JOURNAL_NAME)):
                 raise FileExistsError(
                     f"{self._path(JOURNAL_NAME)} exists: resume the search (resume=True; `memcontrol search` without "
