@@ -64,22 +64,20 @@ from safetensors.torch import save_file
 
 from peft_memcontrol import load_adapter
 from peft_memcontrol.evaluation import (
-    EvaluationCalibration,
     EvaluationData,
     EvaluationSettings,
     ModelScores,
     SplitImages,
+    calibrate_evaluation,
     evaluate_model,
     feature_bank,
     load_split,
     markdown_table,
     memorization_verdict,
-    vae_reconstructions,
 )
 from peft_memcontrol.metrics import (
     DuplicateGroup,
     calibrate_copy_detection,
-    calibrate_extraction_threshold,
     find_duplicate_groups,
 )
 from peft_memcontrol.tiny_sd import tiny_pipeline_path
@@ -318,13 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     resolution = args.resolution or native_resolution(pipeline)
     data, plan, copy = load_data(args, resolution)
     settings = evaluation_settings(args, resolution, pipeline.device)
-    attack = calibrate_extraction_threshold(
-        data.memorization.images,
-        vae_reconstructions(pipeline, data.memorization.images),
-        data.test.images,
-        settings.extraction_threshold,
-    )
-    calibration = EvaluationCalibration(copy, attack)
+    calibration = calibrate_evaluation(pipeline, data, settings, copy=copy)
     scores = evaluate_model(pipeline, data, settings, keep_generations=args.save_generations, calibration=calibration)
 
     os.makedirs(args.output_dir, exist_ok=True)

@@ -59,7 +59,11 @@ def vae_reconstructions(pipeline: Any, images: torch.Tensor, batch_size: int = 1
 
 
 def calibrate_evaluation(
-    pipeline: Any, data: EvaluationData, settings: EvaluationSettings, features: FeatureBank | None = None
+    pipeline: Any,
+    data: EvaluationData,
+    settings: EvaluationSettings,
+    features: FeatureBank | None = None,
+    copy: CopyCalibration | None = None,
 ) -> EvaluationCalibration:
     """Calibrates the copy threshold and checks the attack's threshold on ``data`` (see the module docstring).
 
@@ -68,15 +72,18 @@ def calibrate_evaluation(
         data: the evaluation data; its held-out (test) images are the null distribution.
         settings: the feature space, target false-positive rate, attack threshold and seed.
         features: the feature bank to embed with (default: this process's bank of ``settings.feature``).
+        copy: a copy calibration already made (e.g. to find duplicates before choosing what to attack); calibrated
+            here when ``None``.
     """
-    features = features or feature_bank(settings.feature, settings.feature_device)
-    copy = calibrate_copy_detection(
-        data.training.images,
-        data.test.images,
-        features.fixed,
-        false_positive_rate=settings.false_positive_rate,
-        seed=settings.seed,
-    )
+    if copy is None:
+        features = features or feature_bank(settings.feature, settings.feature_device)
+        copy = calibrate_copy_detection(
+            data.training.images,
+            data.test.images,
+            features.fixed,
+            false_positive_rate=settings.false_positive_rate,
+            seed=settings.seed,
+        )
     attacked = data.memorization.images
     attack = calibrate_extraction_threshold(
         attacked, vae_reconstructions(pipeline, attacked), data.test.images, settings.extraction_threshold
