@@ -17,13 +17,14 @@ from .counting import (
 from .hub import load_adapter, push_adapter_to_hub
 from .optim import adapter_param_groups
 from .slots import LAYOUTS, Mask, SlotLayout, find_slot_containers, get_layout
-from .svd import clear_svd_cache
+from .svd import SpectralFactorPool, clear_svd_cache
 from .tuners import (
     METHODS,
     DiffFitConfig,
     MaskedAttentionConfig,
     MemControlConfig,
     SVDiffConfig,
+    spectral_factor_bytes,
 )
 
 
@@ -38,6 +39,7 @@ __all__ = [
     "MemControlConfig",
     "SVDiffConfig",
     "SlotLayout",
+    "SpectralFactorPool",
     "adapter_param_groups",
     "clear_svd_cache",
     "count_model_parameters",
@@ -48,5 +50,6 @@ __all__ = [
     "meta_unet",
     "push_adapter_to_hub",
     "slot_units",
+    "spectral_factor_bytes",
     "trainable_share",
 ]

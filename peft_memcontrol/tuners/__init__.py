@@ -6,7 +6,7 @@ from .base import MaskedTuner, MaskedTunerConfig, MaskedTunerLayer
 
 # isort: off
 # Registration order is the order of METHODS: the paper's, SVDiff, DiffFit, masked attention tuning.
-from .svdiff import SVDiffConfig, SVDiffLayer, SVDiffModel
+from .svdiff import SVDiffConfig, SVDiffLayer, SVDiffModel, spectral_factor_bytes
 from .difffit import DiffFitConfig, DiffFitLayer, DiffFitModel
 from .masked_attention import MaskedAttentionConfig, MaskedAttentionLayer, MaskedAttentionModel
 from .memcontrol import MemControlConfig, MemControlModel
@@ -37,4 +37,5 @@ __all__ = [
     "SVDiffConfig",
     "SVDiffLayer",
     "SVDiffModel",
+    "spectral_factor_bytes",
 ]
