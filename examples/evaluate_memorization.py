@@ -55,6 +55,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -113,7 +114,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
     model.add_argument("--mixed_precision", choices=tuple(DTYPES), default="no", help="Pipeline dtype.")
 
-    data = parser.add_argument_group("data (diffusers image folders with metadata.jsonl)")
+    data = parser.add_argument_group(
+        "data (image folders with metadata.jsonl or metadata.csv, as datasets reads them)"
+    )
     data.add_argument("--train_data_dir", required=True, help="The training images (AMD / replication reference).")
     data.add_argument("--test_data_dir", required=True, help="Held-out images and prompts (FID).")
     data.add_argument(
@@ -149,6 +152,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="memorization-eval")
     output.add_argument("--save_generations", action="store_true", help="PNGs and generations.safetensors.")
+    output.add_argument(
+        "--disable_progress",
+        action="store_true",
+        help="Hide the progress bars of reading, embedding, calibration, generation and the attack.",
+    )
     args = parser.parse_args(argv)
     for name in ("num_attack_prompts", "num_generations", "noise_norm_generations"):
         if getattr(args, name) < 1:
@@ -226,17 +234,24 @@ def load_data(args: argparse.Namespace, resolution: int) -> tuple[EvaluationData
     AMD and replication, and where duplicate groups are looked for. With ``--memorization_data_dir`` and
     ``--max_train_images``, the attacked images are added to the sample.
     """
-    test = load_split(args.test_data_dir, resolution, max_images=args.num_fid_images, seed=args.seed)
+    progress = not args.disable_progress
+    test = load_split(
+        args.test_data_dir, resolution, max_images=args.num_fid_images, seed=args.seed, progress=progress
+    )
     training = load_split(
-        args.train_data_dir, resolution, unique=False, max_images=args.max_train_images, seed=args.seed
+        args.train_data_dir,
+        resolution,
+        unique=False,
+        max_images=args.max_train_images,
+        seed=args.seed,
+        progress=progress,
     )
     settings = evaluation_settings(args, resolution)
     features = feature_bank(settings.feature, settings.feature_device)
-    copy = calibrate_copy_detection(
-        training.images, test.images, features.fixed, settings.false_positive_rate, seed=args.seed
-    )
+    embed = partial(features.fixed, progress=progress)
+    copy = calibrate_copy_detection(training.images, test.images, embed, settings.false_positive_rate, seed=args.seed)
     if args.memorization_data_dir:
-        memorization, plan = load_split(args.memorization_data_dir, resolution), None
+        memorization, plan = load_split(args.memorization_data_dir, resolution, progress=progress), None
         if args.max_train_images is not None:  # the sampled reference set must hold the images the attack looks for
             training = SplitImages(
                 torch.cat([memorization.images, training.images]),
@@ -244,7 +259,7 @@ def load_data(args: argparse.Namespace, resolution: int) -> tuple[EvaluationData
                 (memorization.file_names or []) + (training.file_names or []),
             )
     else:
-        groups = find_duplicate_groups(training.images, features.fixed(training.images), copy.threshold)
+        groups = find_duplicate_groups(training.images, embed(training.images), copy.threshold)
         plan = plan_attack(training, groups, args.num_attack_prompts, args.seed)
         memorization = select_rows(training, [g.indices[0] for g in plan.attacked_groups] + plan.random_rows)
     return EvaluationData(test=test, memorization=memorization, training=training), plan, copy
@@ -316,8 +331,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     resolution = args.resolution or native_resolution(pipeline)
     data, plan, copy = load_data(args, resolution)
     settings = evaluation_settings(args, resolution, pipeline.device)
-    calibration = calibrate_evaluation(pipeline, data, settings, copy=copy)
-    scores = evaluate_model(pipeline, data, settings, keep_generations=args.save_generations, calibration=calibration)
+    progress = not args.disable_progress
+    calibration = calibrate_evaluation(pipeline, data, settings, copy=copy, progress=progress)
+    scores = evaluate_model(
+        pipeline, data, settings, keep_generations=args.save_generations, calibration=calibration, progress=progress
+    )
 
     os.makedirs(args.output_dir, exist_ok=True)
     label = args.label or (os.path.basename(os.path.normpath(args.adapter_dir)) if args.adapter_dir else "base model")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from peft import LoraConfig, PeftConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
@@ -54,11 +55,13 @@ from peft_memcontrol.training import (
     config_from_args,
     load_training_dataset,
 )
+from peft_memcontrol.training.data import find_metadata_files
+from peft_memcontrol.training.trainer import training_banner
 from peft_memcontrol.tuners import METHODS, MemControlConfig
 from peft_memcontrol.tuners.targets import ATTENTION_PROJECTIONS
 
 
-logger = logging.getLogger("train_text_to_image_memcontrol")
+logger = get_logger("train_text_to_image_memcontrol", log_level="INFO")
 
 METHOD_CHOICES = (*METHODS, "memcontrol", "lora", "full")
 
@@ -172,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--train_data_dir",
         default=None,
-        help="An image folder with a metadata.jsonl providing the captions (diffusers' convention).",
+        help="An image folder with metadata.jsonl or metadata.csv files providing the captions, in it or in its "
+        "subfolders (datasets' imagefolder convention).",
     )
     data.add_argument("--train_csv", default=None, help="A CSV file of image path and caption.")
     data.add_argument(
@@ -279,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the flags; reads the ``--mask`` file, so that a bad file fails before any model is loaded."""
+    """Parse and check the flags; reads the ``--mask`` file and finds the data folder's metadata files, so that a bad
+    file or folder fails before any model is loaded."""
     args = build_parser().parse_args(argv)
     if args.hub_token is not None:
         raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
@@ -293,22 +298,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mask_file = read_mask_file(args.mask) if args.mask else None
     if args.mask_file is not None:
         check_method_matches_mask(args.method, args.mask_file)
-    args.learning_rate = choose_learning_rate(args.learning_rate, args.mask_file)
+    args.learning_rate, args.learning_rate_source = choose_learning_rate(args.learning_rate, args.mask_file)
+    if args.train_data_dir:
+        find_metadata_files(args.train_data_dir)
+    if args.train_csv and not os.path.isfile(args.train_csv):
+        raise FileNotFoundError(f"--train_csv {args.train_csv} does not exist.")
     return args
 
 
-def choose_learning_rate(flag: float | None, mask_file: MaskFile | None) -> float:
-    """``--learning_rate``, else the one the ``--mask`` file records, else `TrainingConfig`'s; refused unless it is a
-    finite number above 0 (a recorded 0 is an error in the file, not a request for the default)."""
+def choose_learning_rate(flag: float | None, mask_file: MaskFile | None) -> tuple[float, str]:
+    """``--learning_rate``, else the one the ``--mask`` file records, else `TrainingConfig`'s, with where it came
+    from (for the banner); refused unless it is a finite number above 0 (a recorded 0 is an error in the file, not a
+    request for the default)."""
     if flag is not None:
-        rate, source = flag, "--learning_rate"
+        rate, source, origin = flag, "--learning_rate", "from --learning_rate"
     elif mask_file is not None and mask_file.learning_rate is not None:
         rate, source = mask_file.learning_rate, f"the learning_rate recorded in --mask {mask_file.path}"
+        origin = f"from the searched mask file {mask_file.path}"
     else:
-        return TrainingConfig.learning_rate
+        return TrainingConfig.learning_rate, "the default"
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"{source} is {rate!r}: a learning rate must be a finite number above 0.")
-    return float(rate)
+    return float(rate), origin
 
 
 def check_method_matches_mask(method: str, mask_file: MaskFile) -> None:
@@ -412,10 +423,14 @@ def main(argv: list[str] | None = None) -> None:
         model_path, dataset, build_method(args), config, revision=args.revision, variant=args.variant
     )
     logger.info("%s", trainer.accelerator.state)
+    summary = {**trainer.run_summary(), "mask_file": args.mask, "learning_rate_source": args.learning_rate_source}
+    for line in training_banner(summary):
+        logger.info(line)
     result = trainer.train()
     trainer.save_adapter(args.output_dir)
     if trainer.accelerator.is_main_process:
-        summary = {"global_step": result.global_step, "final_loss": result.losses[-1] if result.losses else None}
+        summary["global_step"] = result.global_step
+        summary["final_loss"] = result.losses[-1] if result.losses else None
         summary["dropped_samples"] = result.dropped_samples
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,6 +25,7 @@ from diffusers import UNet2DConditionModel
 from .counting import meta_unet
 from .demo import runner as demo_runner
 from .demo.config import DemoConfig
+from .metrics.features import DEFAULT_FEATURE, TRANSFORMERS_ALIASES
 from .sample_data import build_faces_dataset
 from .search import (
     GenomeSpace,
@@ -38,6 +40,7 @@ from .search.genome import default_learning_rate_bounds
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
 from .search.journal import JournalError
 from .search.lock import SearchFolderBusyError
+from .search.objectives import BUILTIN_OBJECTIVES
 from .search.report import push_mask_to_hub, write_search_outputs
 from .tiny_sd import tiny_pipeline_path
 from .training import TrainingConfig
@@ -47,87 +50,277 @@ from .tuners import METHODS, MemControlConfig
 logger = logging.getLogger("memcontrol")
 
 
+SEARCH_DESCRIPTION = """\
+Search MemControl masks with NSGA-II: which parts of the UNet to fine-tune (and at what learning rate) so that the
+model learns your data well without memorizing it. Every candidate mask is fine-tuned briefly on a proxy set (a
+fraction of your data plus a few images repeated many times, to provoke memorization) and scored on the objectives,
+all minimized. The search writes the Pareto front, a report and one folder per chosen mask (knee, least memorization,
+best quality), each usable as --mask of examples/train_text_to_image_memcontrol.py.
+
+A search resumes its --output_dir when run again with the same settings. Without --train_data_dir it searches the
+package's tiny pipeline on the LFW demo faces (offline, CPU); --synthetic N searches a closed-form toy problem
+instead of training, to try the tool and its outputs.
+
+example:
+  memcontrol search --train_data_dir faces --test_data_dir faces-test --objectives noise_norm fid \\
+      --population_size 20 --generations 10 --max_train_steps 100 --output_dir search-out
+"""
+
+
+class DeprecatedFlag(argparse.Action):
+    """A flag kept under an old name: sets ``dest`` like ``store_true`` and warns with the new name."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new_flag: str, **kwargs: Any) -> None:
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any):
+        warnings.warn(f"{option} is deprecated and will be removed: use {self.new_flag}.", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, True)
+
+
 def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     """The ``search`` subcommand: flags of the launch script, plus population, generations, objectives, budget and
     executor."""
-    parser = subparsers.add_parser("search", help="Search MemControl masks with NSGA-II.", description=__doc__)
+    parser = subparsers.add_parser(
+        "search",
+        help="Search MemControl masks with NSGA-II.",
+        description=SEARCH_DESCRIPTION,
+        formatter_class=SearchHelpFormatter,
+    )
     model = parser.add_argument_group("model and data")
-    model.add_argument("--pretrained_model_name_or_path", default=None, help="Default: the embedded tiny pipeline.")
-    model.add_argument("--train_data_dir", default=None, help="Image folder (metadata.jsonl); default: demo faces.")
-    model.add_argument("--test_data_dir", default=None, help="Held-out image folder for fid / val_loss.")
-    model.add_argument("--resolution", type=int, default=None)
-    model.add_argument("--proxy_fraction", type=float, default=0.01)
-    model.add_argument("--proxy_num_memorization", type=int, default=10)
-    model.add_argument("--proxy_repeats", type=int, default=50)
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Path to a diffusers Stable Diffusion 1.x/2.x pipeline or its Hub id. None: the embedded tiny pipeline.",
+    )
+    model.add_argument(
+        "--train_data_dir",
+        default=None,
+        help="Image folder with metadata.jsonl or metadata.csv (datasets' imagefolder convention). None: the LFW "
+        "demo faces.",
+    )
+    model.add_argument(
+        "--test_data_dir", default=None, help="Held-out image folder, for the fid, kid and val_loss objectives."
+    )
+    model.add_argument(
+        "--resolution", type=int, default=None, help="Image size of training and scoring. None: the model's own."
+    )
+    model.add_argument(
+        "--proxy_fraction", type=float, default=0.01, help="Fraction of the training rows in the proxy set."
+    )
+    model.add_argument(
+        "--proxy_num_memorization",
+        type=int,
+        default=10,
+        help="Training images repeated in the proxy set, to provoke memorization (the memorization objectives "
+        "attack their captions).",
+    )
+    model.add_argument(
+        "--proxy_repeats", type=int, default=50, help="How often each of those images is repeated in the proxy set."
+    )
 
     method = parser.add_argument_group("method and genome")
-    method.add_argument("--method", choices=tuple(METHODS), default="svdiff")
-    method.add_argument("--mask_semantics", choices=("paper", "strict"), default="paper")
-    method.add_argument("--granularity", choices=("slot", "block", "layer"), default="slot")
-    method.add_argument("--no_reference_layout", action="store_true", help="All units, not the reference's 13 bits.")
+    method.add_argument("--method", choices=tuple(METHODS), default="svdiff", help="The method the masks apply to.")
+    method.add_argument(
+        "--mask_semantics",
+        choices=("paper", "strict"),
+        default="paper",
+        help="'paper': a 0 bit freezes only the method's parameters inside that slot's transformer blocks, as the "
+        "reference code does; 'strict': nothing outside the selected units is adapted.",
+    )
+    method.add_argument(
+        "--granularity",
+        choices=("slot", "block", "layer"),
+        default="slot",
+        help="What one bit of a mask switches: a slot (an attention container, 16 on SD-1.5), a block or a layer.",
+    )
+    method.add_argument(
+        "--no_reference_layout",
+        action="store_true",
+        help="Search every unit of the granularity, not the reference code's 13 bits.",
+    )
     method.add_argument(
         "--learning_rate_min",
         type=float,
         default=None,
-        help="Low end of the learning-rate gene; default by model size (SD-1.5 size: 1e-5, small UNets: 1e-3).",
+        help="Low end of the learning-rate gene. None: by model size (SD-1.5 size: 1e-5, small UNets: 1e-3).",
     )
     method.add_argument(
         "--learning_rate_max",
         type=float,
         default=None,
-        help="High end of the learning-rate gene; default by model size (SD-1.5 size: 1e-3, small UNets: 3e-2).",
+        help="High end of the learning-rate gene. None: by model size (SD-1.5 size: 1e-3, small UNets: 3e-2).",
     )
-    method.add_argument("--learning_rate", type=float, default=None, help="Fix the learning rate (no lr gene).")
+    method.add_argument(
+        "--learning_rate", type=float, default=None, help="Fix the learning rate (the genome then has no lr gene)."
+    )
 
-    train = parser.add_argument_group("inner loop")
-    train.add_argument("--objectives", nargs="+", default=["noise_norm", "fid"], help="Two or three, all minimized.")
-    train.add_argument("--max_train_steps", type=int, default=100, help="K: steps of a full-budget evaluation.")
-    train.add_argument("--train_batch_size", type=int, default=8)
-    train.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    train.add_argument("--caption_dropout_probability", type=float, default=0.1)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num_fid_images", type=int, default=100)
-    train.add_argument("--num_inference_steps", type=int, default=50)
-    train.add_argument("--guidance_scale", type=float, default=4.0)
-    train.add_argument("--num_extraction_generations", type=int, default=10)
+    train = parser.add_argument_group("inner loop (training and scoring of each candidate)")
     train.add_argument(
-        "--feature", default="efficientnet-lite0", help="Feature space of fid, neg_amd and copy_similarity."
+        "--objectives",
+        nargs="+",
+        choices=tuple(BUILTIN_OBJECTIVES),
+        default=["noise_norm", "fid"],
+        metavar="OBJECTIVE",
+        help=f"Two or three objectives, all minimized; choose from {', '.join(BUILTIN_OBJECTIVES)}.",
+    )
+    train.add_argument(
+        "--max_train_steps", type=int, default=100, help="Fine-tuning steps of a candidate at full budget (K)."
+    )
+    train.add_argument("--train_batch_size", type=int, default=8, help="Batch size of the candidates' fine-tuning.")
+    train.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="Mixed precision of the fine-tuning. None: accelerate's configuration.",
+    )
+    train.add_argument(
+        "--caption_dropout_probability",
+        type=float,
+        default=0.1,
+        help='Probability of replacing a caption by "" while fine-tuning (for classifier-free guidance).',
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the search, the proxy set and every candidate's training and generations.",
+    )
+    train.add_argument(
+        "--num_fid_images", type=int, default=100, help="Held-out prompts generated for the fid and kid objectives."
+    )
+    train.add_argument(
+        "--num_inference_steps", type=int, default=50, help="Sampling steps of every generation while scoring."
+    )
+    train.add_argument(
+        "--guidance_scale", type=float, default=4.0, help="Classifier-free guidance scale of every generation."
+    )
+    train.add_argument(
+        "--num_extraction_generations",
+        type=int,
+        default=10,
+        help="Generations per attacked prompt for the extraction, neg_amd and copy_similarity objectives.",
+    )
+    train.add_argument(
+        "--feature",
+        default=DEFAULT_FEATURE,
+        help=f"Feature space of fid, kid, neg_amd and copy_similarity: {DEFAULT_FEATURE} (offline), inception (the "
+        f"standard FID space, downloads its weights once), {', '.join(TRANSFORMERS_ALIASES)}, or the id or path of "
+        "a Hugging Face image model in the local cache.",
     )
 
     search = parser.add_argument_group("search")
-    search.add_argument("--population_size", type=int, default=20)
-    search.add_argument("--generations", type=int, default=10)
-    search.add_argument("--num_offspring", type=int, default=None)
-    search.add_argument("--crossover_probability", type=float, default=0.9)
-    search.add_argument("--mutation_probability", type=float, default=1.0)
-    search.add_argument("--fidelities", type=float, nargs="+", default=[1.0], help="e.g. 0.25 1.0 (multi-fidelity).")
-    search.add_argument("--promote_fraction", type=float, default=0.5)
-    search.add_argument("--max_trainable_share", type=float, default=None, help="Constraint, e.g. 0.0002.")
-    search.add_argument("--executor", choices=("serial", "process", "ray"), default="serial")
-    search.add_argument("--num_workers", type=int, default=None, help="Process pool size.")
-    search.add_argument("--gpus", type=int, nargs="*", default=None, help="GPU ids, one per process worker.")
-    search.add_argument("--gpus_per_task", type=float, default=0.0, help="Ray: GPUs per evaluation.")
-    search.add_argument("--ray_address", default=None)
+    search.add_argument("--population_size", type=int, default=20, help="Masks in each NSGA-II generation.")
+    search.add_argument("--generations", type=int, default=10, help="NSGA-II generations after the first.")
     search.add_argument(
-        "--restart",
+        "--num_offspring", type=int, default=None, help="Children per generation. None: the population size."
+    )
+    search.add_argument(
+        "--crossover_probability", type=float, default=0.9, help="Probability that two parents are crossed over."
+    )
+    search.add_argument(
+        "--mutation_probability",
+        type=float,
+        default=1.0,
+        help="Probability that a child is mutated (each gene then with probability 1 / number of genes).",
+    )
+    search.add_argument(
+        "--fidelities",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="Training budgets as fractions of --max_train_steps, e.g. 0.25 1.0: candidates are scored at the low "
+        "budget first and the best --promote_fraction are promoted to the next (multi-fidelity).",
+    )
+    search.add_argument(
+        "--promote_fraction",
+        type=float,
+        default=0.5,
+        help="Share of the candidates of one fidelity promoted to the next.",
+    )
+    search.add_argument(
+        "--max_trainable_share",
+        type=float,
+        default=None,
+        help="Constraint: masks that train more than this share of the UNet's parameters (e.g. 0.0002) are "
+        "infeasible. None: no constraint.",
+    )
+    search.add_argument(
+        "--executor",
+        choices=("serial", "process", "ray"),
+        default="serial",
+        help="Where candidates run: one after the other in this process, in a process pool, or on a Ray cluster.",
+    )
+    search.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="Processes of --executor process. None: one per --gpus id, else 2.",
+    )
+    search.add_argument(
+        "--gpus", type=int, nargs="*", default=None, help="GPU ids for --executor process, one worker each."
+    )
+    search.add_argument(
+        "--gpus_per_task", type=float, default=0.0, help="GPUs each candidate asks for under --executor ray."
+    )
+    search.add_argument("--ray_address", default=None, help="Address of the Ray cluster. None: start a local one.")
+    search.add_argument(
+        "--no_resume",
         action="store_true",
-        help="Refuse to continue an existing search folder (a search resumes its --output_dir by default, and only "
-        "when its settings are the same).",
+        help="Start a new search, and stop with an error if --output_dir already holds one (by default a search "
+        "continues the one in its --output_dir, and only when its settings are the same).",
+    )
+    search.add_argument(
+        "--restart", dest="no_resume", action=DeprecatedFlag, new_flag="--no_resume", help="Deprecated: --no_resume."
+    )
+    search.add_argument(
+        "--retry_failed",
+        choices=("transient", "all", "none"),
+        default="transient",
+        help="Which failed candidates a resumed search evaluates again: those that failed through no fault of their "
+        "own (out of memory, full disk, lost GPU or worker), all of them, or none.",
     )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", default="memcontrol-search")
-    output.add_argument("--max_quality", type=float, default=None, help="Bound for the least-memorization pick.")
-    output.add_argument("--max_memorization", type=float, default=None, help="Bound for the best-quality pick.")
-    output.add_argument("--push_to_hub", action="store_true", help="Push the knee mask with the front in its card.")
-    output.add_argument("--hub_model_id", default=None)
-    output.add_argument("--no_progress", action="store_true")
+    output.add_argument(
+        "--output_dir", default="memcontrol-search", help="Folder of the journal, checkpoints, front and report."
+    )
+    output.add_argument(
+        "--max_quality",
+        type=float,
+        default=None,
+        help="Bound on the quality objective for the least-memorization pick. None: no bound.",
+    )
+    output.add_argument(
+        "--max_memorization",
+        type=float,
+        default=None,
+        help="Bound on the memorization objective for the best-quality pick. None: no bound.",
+    )
+    output.add_argument(
+        "--push_to_hub", action="store_true", help="Push the knee mask to the Hub, with the front in its card."
+    )
+    output.add_argument(
+        "--hub_model_id", default=None, help="The Hub repository to push to. None: the name of --output_dir."
+    )
+    output.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
 
     toy = parser.add_argument_group("synthetic problem (no training)")
-    toy.add_argument("--synthetic", type=int, default=None, metavar="N_BITS", help="Search a closed-form problem.")
-    toy.add_argument("--synthetic_noise", type=float, default=0.0)
-    toy.add_argument("--synthetic_delay", type=float, default=0.0, help="Seconds per evaluation.")
+    toy.add_argument(
+        "--synthetic",
+        type=int,
+        default=None,
+        metavar="N_BITS",
+        help="Search a closed-form problem of N_BITS mask bits instead of training.",
+    )
+    toy.add_argument("--synthetic_noise", type=float, default=0.0, help="Noise added to the synthetic objectives.")
+    toy.add_argument("--synthetic_delay", type=float, default=0.0, help="Seconds each synthetic evaluation waits.")
     parser.set_defaults(handler=run_search)
+
+
+class SearchHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each flag's help, the description laid out as written."""
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_search_parser]
@@ -298,7 +491,7 @@ def _executor(args: argparse.Namespace):
 def run_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search and write its outputs; returns the exit status: 0, 1 when no candidate succeeded
     (the outputs are still written, and the counts by status and the first error printed), 2 when the output folder
-    cannot be resumed (other settings, a damaged journal or checkpoint, ``--restart`` on an existing search, or another
+    cannot be resumed (other settings, a damaged journal or checkpoint, ``--no_resume`` on an existing search, or another
     search running in it)."""
     space, evaluator, constraint = _search_setup(args)
     config = SearchConfig(
@@ -319,9 +512,10 @@ def run_search(args: argparse.Namespace) -> int:
         executor=_executor(args),
         constraint=constraint,
         progress=not args.no_progress,
+        retry_failed=args.retry_failed,
     )
     try:
-        result = searcher.run(resume=not args.restart)
+        result = searcher.run(resume=not args.no_resume)
     except (JournalError, FileExistsError, SearchFolderBusyError) as error:  # the message says why and the way out
         print(f"memcontrol search: error: {error}", file=sys.stderr)
         return 2

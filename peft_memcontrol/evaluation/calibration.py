@@ -10,9 +10,11 @@ feature space and the autoencoder only, so one calibration serves every model sc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..latents import encode_latents
 from ..metrics import (
@@ -44,17 +46,23 @@ class EvaluationCalibration:
 
 
 @torch.no_grad()
-def vae_reconstructions(pipeline: Any, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """``images`` ([0, 1], NCHW) encoded (posterior mean) and decoded by the pipeline's VAE, in [0, 1] on the CPU."""
+def vae_reconstructions(
+    pipeline: Any, images: torch.Tensor, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
+    """``images`` ([0, 1], NCHW) encoded (posterior mean) and decoded by the pipeline's VAE, in [0, 1] on the CPU;
+    ``progress`` shows a bar."""
     vae = pipeline.vae
     parameter = next(vae.parameters())
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     outputs = []
+    bar = tqdm(total=len(images), desc="Calibrating: VAE reconstructions", unit="image", disable=not progress)
     for batch in prepare_images(images).split(batch_size):
         pixels = batch.mul(2).sub(1).to(parameter.device, parameter.dtype)
         latents = encode_latents(vae, pixels) / vae.config.scaling_factor + shift
         decoded = vae.decode(latents).sample
         outputs.append(decoded.float().add(1).div(2).clamp(0, 1).cpu())
+        bar.update(len(batch))
+    bar.close()
     return torch.cat(outputs)
 
 
@@ -64,6 +72,7 @@ def calibrate_evaluation(
     settings: EvaluationSettings,
     features: FeatureBank | None = None,
     copy: CopyCalibration | None = None,
+    progress: bool = False,
 ) -> EvaluationCalibration:
     """Calibrates the copy threshold and checks the attack's threshold on ``data`` (see the module docstring).
 
@@ -74,18 +83,22 @@ def calibrate_evaluation(
         features: the feature bank to embed with (default: this process's bank of ``settings.feature``).
         copy: a copy calibration already made (e.g. to find duplicates before choosing what to attack); calibrated
             here when ``None``.
+        progress: show progress bars (embedding, autoencoder reconstructions).
     """
     if copy is None:
         features = features or feature_bank(settings.feature, settings.feature_device)
         copy = calibrate_copy_detection(
             data.training.images,
             data.test.images,
-            features.fixed,
+            partial(features.fixed, progress=progress),
             false_positive_rate=settings.false_positive_rate,
             seed=settings.seed,
         )
     attacked = data.memorization.images
     attack = calibrate_extraction_threshold(
-        attacked, vae_reconstructions(pipeline, attacked), data.test.images, settings.extraction_threshold
+        attacked,
+        vae_reconstructions(pipeline, attacked, progress=progress),
+        data.test.images,
+        settings.extraction_threshold,
     )
     return EvaluationCalibration(copy, attack)

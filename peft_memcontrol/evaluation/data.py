@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..training import load_training_dataset
 
@@ -29,21 +30,27 @@ class EvaluationData:
     training: SplitImages
 
 
-def dataset_split(dataset: Any, indices: Sequence[int] | None = None) -> SplitImages:
+def dataset_split(dataset: Any, indices: Sequence[int] | None = None, progress: bool = False) -> SplitImages:
     """Images in ``[0, 1]`` (NCHW) and captions of a training-convention data set (pixel values in ``[-1, 1]``).
 
     Args:
         dataset: a `peft_memcontrol.training.ImageCaptionDataset` (or any data set of such items).
         indices: the samples to read, in order; ``None``: all of them.
+        progress: show a progress bar.
     """
     indices = range(len(dataset)) if indices is None else indices
-    items = [dataset[int(i)] for i in indices]
+    items = [dataset[int(i)] for i in tqdm(indices, desc="Reading images", unit="image", disable=not progress)]
     images = torch.stack([item["pixel_values"] for item in items]).float().add(1.0).div(2.0).clamp(0.0, 1.0)
     return SplitImages(images, [item["caption"] for item in items])
 
 
 def load_split(
-    folder: str, resolution: int, unique: bool = True, max_images: int | None = None, seed: int = 0
+    folder: str,
+    resolution: int,
+    unique: bool = True,
+    max_images: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> SplitImages:
     """Images and captions of an image folder; with ``unique``, each ``source_id`` only once.
 
@@ -51,7 +58,7 @@ def load_split(
     many X-rays whose impression reads "No acute cardiopulmonary process.", are different images and all count.
 
     ``max_images`` keeps a seeded random subset of those rows (in folder order), chosen before any image is read,
-    so a large folder never has to fit in memory.
+    so a large folder never has to fit in memory. ``progress`` shows a bar while the images are read.
     """
     dataset = load_training_dataset(train_data_dir=folder, resolution=resolution)
     seen, indices = set(), []
@@ -66,7 +73,7 @@ def load_split(
             raise ValueError(f"max_images must be at least 1, got {max_images}.")
         chosen = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:max_images]
         indices = [indices[i] for i in sorted(chosen.tolist())]
-    split = dataset_split(dataset, indices)
+    split = dataset_split(dataset, indices, progress)
     split.file_names = [str(dataset.metadata[i].get("file_name", i)) for i in indices]
     return split
 

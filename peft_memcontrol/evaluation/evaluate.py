@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..metrics import ExtractionAttackConfig, evaluate_generations, extraction_attack_on_images, noise_norm_score
 from .calibration import EvaluationCalibration, calibrate_evaluation
@@ -75,6 +76,11 @@ class ModelScores:
 logger = logging.getLogger(__name__)
 
 
+def _images_bar(description: str, total: int, progress: bool) -> tqdm:
+    """A diffusers-style progress bar counting ``total`` images (hidden unless ``progress``)."""
+    return tqdm(total=total, desc=description, unit="image", disable=not progress)
+
+
 def _resize(split: SplitImages, size: torch.Size, name: str) -> SplitImages:
     """``split`` at the generations' ``size`` (bilinear, antialiased), with a warning when it had another size."""
     if split.images.shape[-2:] == size:
@@ -97,6 +103,7 @@ def evaluate_model(
     settings: EvaluationSettings,
     keep_generations: bool = False,
     calibration: EvaluationCalibration | None = None,
+    progress: bool = False,
 ) -> ModelScores:
     """Score a text-to-image pipeline on ``data`` (see the module docstring).
 
@@ -108,9 +115,12 @@ def evaluate_model(
         keep_generations: also return the scored generations in the `ModelScores`.
         calibration: the thresholds measured on ``data`` (`calibrate_evaluation`); computed here when ``None``.
             Pass one to score many models on the same data without recalibrating.
+        progress: show progress bars (generation, embedding, calibration), diffusers-style.
     """
     features = feature_bank(settings.feature, settings.feature_device)
-    test_generations = generate(pipeline, data.test.captions[: settings.num_fid_images], settings)
+    test_prompts = data.test.captions[: settings.num_fid_images]
+    with _images_bar("Generating for the held-out prompts", len(test_prompts), progress) as bar:
+        test_generations = generate(pipeline, test_prompts, settings, progress=bar)
     size = test_generations.shape[-2:]
     data = replace(
         data,
@@ -119,24 +129,29 @@ def evaluate_model(
         training=_resize(data.training, size, "training"),
     )
     if calibration is None:
-        calibration = calibrate_evaluation(pipeline, data, settings, features)
+        calibration = calibrate_evaluation(pipeline, data, settings, features, progress=progress)
     test_images = data.test.images[: settings.num_fid_images]
     # Each memorized prompt has a seed of its own, so its generations do not depend on the prompts before it.
-    per_prompt = [
-        generate(pipeline, [prompt], settings, settings.num_generations, seed=settings.seed + k)
-        for k, prompt in enumerate(data.memorization.captions)
-    ]
-    attack = extraction_attack_on_images(
-        per_prompt,
-        data.memorization.images,
-        prompts=data.memorization.captions,
-        config=ExtractionAttackConfig(
-            threshold=settings.extraction_threshold,
-            min_group_size=settings.min_group_size,
-            verify="all",
-        ),
-    )
-    training, test = features.fixed(data.training.images), features.fixed(test_images)
+    attacked = data.memorization.captions
+    with _images_bar("Generating for the attacked prompts", len(attacked) * settings.num_generations, progress) as bar:
+        per_prompt = [
+            generate(pipeline, [prompt], settings, settings.num_generations, seed=settings.seed + k, progress=bar)
+            for k, prompt in enumerate(attacked)
+        ]
+    with _images_bar("Extraction attack", len(attacked) * settings.num_generations, progress) as bar:
+        attack = extraction_attack_on_images(
+            per_prompt,
+            data.memorization.images,
+            prompts=data.memorization.captions,
+            config=ExtractionAttackConfig(
+                threshold=settings.extraction_threshold,
+                min_group_size=settings.min_group_size,
+                verify="all",
+            ),
+        )
+        bar.update(bar.total)
+    training = features.fixed(data.training.images, progress=progress)
+    test = features.fixed(test_images, progress=progress)
     quality = evaluate_generations(
         test_generations, training, test, feature=features.extractor, calibration=calibration.copy
     )

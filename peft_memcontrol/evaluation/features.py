@@ -11,8 +11,13 @@ import hashlib
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..metrics.features import DEFAULT_FEATURE, FeatureExtractor, FeatureSpec, extract_features, get_feature_extractor
+
+
+EMBEDDING_BATCH_SIZE = 64
+"""Images embedded at once."""
 
 
 class FeatureBank:
@@ -26,15 +31,22 @@ class FeatureBank:
         self.extractor = extractor
         self._fixed: dict[tuple, torch.Tensor] = {}
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, d) features of images seen once, such as a model's generations."""
-        return extract_features(images, self.extractor)
+    def embed(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """(N, d) features of images seen once, such as a model's generations; ``progress`` shows a bar."""
+        # extract_features' own batches, one call each, so that the bar moves and the features stay the same
+        with tqdm(total=len(images), desc="Embedding images", unit="image", disable=not progress) as bar:
+            features = []
+            for batch in images.split(EMBEDDING_BATCH_SIZE):
+                features.append(extract_features(batch, self.extractor, batch_size=EMBEDDING_BATCH_SIZE))
+                bar.update(len(batch))
+        return torch.cat(features)
 
-    def fixed(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, d) features of a fixed image set: embedded on first use, then returned from the bank."""
+    def fixed(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """(N, d) features of a fixed image set: embedded on first use (``progress``: with a bar), then returned
+        from the bank."""
         key = _content_key(images)
         if key not in self._fixed:
-            self._fixed[key] = self.embed(images)
+            self._fixed[key] = self.embed(images, progress)
         return self._fixed[key]
 
 

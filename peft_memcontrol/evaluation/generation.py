@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..metrics import prepare_images
 from .settings import EvaluationSettings
@@ -18,6 +19,7 @@ def generate(
     settings: EvaluationSettings,
     num_images_per_prompt: int = 1,
     seed: int | None = None,
+    progress: tqdm | None = None,
 ) -> torch.Tensor:
     """Seeded generations for ``prompts``, ``settings.batch_size`` images per pipeline call, prompt by prompt.
 
@@ -32,6 +34,8 @@ def generate(
         settings: batch size and sampling (steps, guidance, image size).
         num_images_per_prompt: generations of each prompt.
         seed: the generator's seed; ``None``: ``settings.seed``.
+        progress: a progress bar counting images, advanced after every pipeline call (callers that generate in
+            several calls share one bar); ``None``: none.
 
     Returns:
         ``(len(prompts) * num_images_per_prompt, 3, H, W)`` images in the library's convention, on the CPU.
@@ -46,12 +50,12 @@ def generate(
             for start in range(0, num_images_per_prompt, batch_size)
         ]
     generator = torch.Generator(pipeline.device).manual_seed(settings.seed if seed is None else seed)
-    images = [
-        prepare_images(
-            pipeline(
-                prompt=prompt, num_images_per_prompt=count, generator=generator, output_type="pt", **settings.sampling
-            ).images
-        ).cpu()
-        for prompt, count in calls
-    ]
+    images = []
+    for prompt, count in calls:
+        output = pipeline(
+            prompt=prompt, num_images_per_prompt=count, generator=generator, output_type="pt", **settings.sampling
+        )
+        images.append(prepare_images(output.images).cpu())
+        if progress is not None:
+            progress.update(len(images[-1]))
     return torch.cat(images)

@@ -135,6 +135,5 @@ _CHECKPOINT_FIELDS = (
 )
 
 _DELETE = (
-    " Delete it to resume from the journal alone: the generations are replayed without evaluating anything again "
-    "(only the hypervolume history and its reference point may differ from an uninterrupted run's)."
+    " Delete it to resume from the journal alone: the generations are replayed without evaluating anything again."
 )

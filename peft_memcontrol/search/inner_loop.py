@@ -12,6 +12,7 @@ same batches, so only the first one encodes them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from ..counting import meta_unet, trainable_share
 from ..evaluation import EvaluationSettings, SplitImages, dataset_split, feature_bank
-from ..svd import clear_svd_cache
+from ..svd import SpectralFactorPool, clear_svd_cache
 from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline
 from ..training import (
     EncodingCache,
@@ -77,6 +78,8 @@ class LoadedProxy:
     memorization: SplitImages
     test_dataset: Any
     encodings: EncodingCache
+    svd_factors: SpectralFactorPool
+    """Holds the base weights' SVDs between candidates, so that each weight is decomposed once per worker."""
 
 
 def load_proxy(spec: ProxyDataSpec) -> LoadedProxy:
@@ -107,6 +110,7 @@ def load_proxy(spec: ProxyDataSpec) -> LoadedProxy:
         memorization=dataset_split(proxy.memorization_dataset),
         test_dataset=test,
         encodings=EncodingCache(),
+        svd_factors=SpectralFactorPool(),
     )
 
 
@@ -170,6 +174,31 @@ def _fields(settings: Any) -> dict[str, Any]:
     return {field.name: getattr(settings, field.name) for field in fields(settings)}
 
 
+def data_fingerprint(data_dir: str | None) -> str | None:
+    """SHA-256 of an image folder's content as the inner loop reads it: each row's file name, caption and image
+    file bytes, in ``metadata.jsonl`` order (the proxy set draws rows by index).
+
+    The bytes are hashed, not the decoded pixels: one read of every file, once per search. Changing, adding,
+    removing or reordering an image or a caption changes the fingerprint, moving the folder does not. ``None`` for
+    no folder, or one the inner loop cannot read (missing, or with bad rows): every candidate then fails with the
+    reason in its record, so no scores can be mixed, and a resume after the folder was mended is refused.
+    """
+    if data_dir is None:
+        return None
+    try:
+        dataset = load_training_dataset(train_data_dir=data_dir)
+    except (OSError, ValueError):
+        return None
+    digest = hashlib.sha256()
+    for path, caption in zip(dataset.images, dataset.captions):
+        for part in (os.path.relpath(path, data_dir), caption):
+            encoded = part.encode("utf-8")
+            digest.update(len(encoded).to_bytes(8, "big") + encoded)
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
 class InnerLoop:
     """A picklable evaluator ``inner_loop(candidate, budget) -> {objective: value}`` that trains and scores.
 
@@ -226,13 +255,19 @@ class InnerLoop:
         """Everything that decides this loop's scores, as JSON data: the search journal's header records it, and a
         resumed search with other settings is refused (`MaskSearcher.header`).
 
-        The data spec (model, data folders, proxy set), the objectives, the training config without the fields
-        that only say where and how visibly a run goes (`RUN_ONLY_TRAINING_FIELDS`), the evaluation settings
-        without ``feature_device``, the ``noise_norm`` reduction and the `MemControlConfig` arguments.
+        The data spec (model, data folders, proxy set) and the content of its folders (`data_fingerprint` of the
+        training and held-out folders: a resume after the images or captions changed is refused), the objectives,
+        the training config without the fields that only say where and how visibly a run goes
+        (`RUN_ONLY_TRAINING_FIELDS`), the evaluation settings without ``feature_device``, the ``noise_norm``
+        reduction and the `MemControlConfig` arguments. Hashing the data reads every image file once.
         """
         return jsonable(
             {
                 "data": _fields(self.data),
+                "data_fingerprint": {
+                    "train_data_dir": data_fingerprint(self.data.train_data_dir),
+                    "test_data_dir": data_fingerprint(self.data.test_data_dir),
+                },
                 "objectives": self.objectives,
                 "training": {
                     name: value

@@ -29,8 +29,11 @@ RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
     "budget": Real,
     "status": str,
     "values": list,
+    "generation": int,
 }
-"""The fields every evaluation record must hold, and their types (`Journal.read` checks them)."""
+"""The fields every evaluation record must hold, and their types (`Journal.read` checks them). A failed record
+(``status`` ``"error"``) also says whether the failure was the candidate's (``error_kind``: ``"transient"`` or
+``"persistent"``, `peft_memcontrol.search.executors.error_kind`); older journals lack it."""
 
 
 class JournalError(ValueError):
@@ -90,7 +93,9 @@ class Journal:
 
     Each `append` writes one line, flushes it and syncs it to disk, so a process killed at any moment leaves every
     finished evaluation on disk; at worst the last line is cut short: `read` ignores it, and opening the journal
-    again removes it. Any other line that is not a record is refused with its file and line number.
+    again removes it. Any other line that is not a record is refused with its file and line number. The journal is
+    never rewritten: evaluating a failed candidate again appends a record that supersedes the earlier one of the same
+    genome and budget when the journal is read back.
 
     Args:
         path: the journal file (created if missing).
@@ -178,9 +183,11 @@ class Journal:
                 for name, kind in RECORD_FIELDS.items()
                 if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool)
             ]
-            numbers = [v for v in data.get("values") or [] if isinstance(v, Real) and not isinstance(v, bool)]
-            if not problems and num_values is not None and len(numbers) != num_values:
-                problems.append(f"'values' is not {num_values} numbers")
+            values = data.get("values")
+            if num_values is not None and isinstance(values, list):
+                numbers = [v for v in values if isinstance(v, Real) and not isinstance(v, bool)]
+                if len(numbers) != num_values:
+                    problems.append(f"'values' is not {num_values} numbers")
             if problems:
                 raise JournalError(
                     f"{path}, line {number}: not an evaluation record ({', '.join(problems)}). Remove or mend that "

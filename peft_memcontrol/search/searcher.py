@@ -10,6 +10,12 @@ all registered on the searcher's DEAP toolbox.
 * **Never lose work**: each finished evaluation is appended to ``journal.jsonl`` and each generation written to
   ``checkpoint.json`` (JSON, atomic). A killed search resumes where it stopped; serial runs resume to exactly the
   front an uninterrupted run reaches, because the random state is checkpointed and evaluations are deterministic.
+* **Retry what failed through no fault of the candidate**: a resumed search evaluates again the candidates whose
+  evaluation failed with a transient error (out of memory, a full disk, a lost GPU or worker: the record's
+  ``error_kind``), or every failed one with ``retry_failed="all"``. The new record is appended and supersedes the
+  old one. When a retried candidate belongs to a finished generation, the search replays its generations from the
+  journal (nothing else is evaluated again), so that the selection sees the new values as an uninterrupted run
+  would have; evaluations of the old path stay in the journal and in the front.
 * **Never mix settings**: the journal's first line records what its evaluations were made with (`MaskSearcher.header`:
   genome space, objectives, search config, the evaluator's and the constraint's ``settings()``, the package version).
   A search resumes a folder only when its own header is the same (``generations`` may grow); otherwise it refuses
@@ -37,7 +43,7 @@ from .._version import __version__
 from .candidate_run import WORST_VALUE, Evaluator
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, search_settings
 from .config import SearchConfig
-from .executors import get_executor
+from .executors import TRANSIENT, get_executor
 from .genome import Candidate, Genome, GenomeSpace
 from .journal import JOURNAL_NAME, Journal, JournalError, jsonable
 from .lock import search_folder_lock
@@ -47,6 +53,9 @@ from .result import FrontPoint, SearchResult
 
 
 logger = logging.getLogger(__name__)
+
+RETRY_FAILED = ("transient", "all", "none")
+"""Which failed evaluations (``status`` ``"error"``) a resumed search runs again (`MaskSearcher`'s ``retry_failed``)."""
 
 
 class MaskSearcher:
@@ -63,6 +72,11 @@ class MaskSearcher:
         constraint: optional ``constraint(candidate) -> bool``; infeasible candidates are recorded with the worst
             values and never trained (e.g. `TrainableShareConstraint`).
         progress: show tqdm bars per generation and per candidate.
+        retry_failed: which failed evaluations a resumed search runs again: ``"transient"`` (default) those that
+            failed through no fault of the candidate (``error_kind`` ``"transient"``: out of memory, a full disk, a
+            lost GPU or worker process), ``"all"`` every ``error`` record (e.g. after fixing a bug in an objective),
+            ``"none"`` none. Diverged (non-finite) and infeasible candidates are never run again: their result is
+            the candidate's own. Records of older journals without ``error_kind`` count as not transient.
 
     The evaluator and the constraint may define ``settings() -> dict`` (JSON data): everything that changes their
     results (`InnerLoop.settings`, `TrainableShareConstraint.settings`). It goes into the journal's header, and a
@@ -84,7 +98,10 @@ class MaskSearcher:
         executor: str | Any = "serial",
         constraint: Callable[[Candidate], bool] | None = None,
         progress: bool = True,
+        retry_failed: str = "transient",
     ) -> None:
+        if retry_failed not in RETRY_FAILED:
+            raise ValueError(f"retry_failed must be one of {RETRY_FAILED}, got {retry_failed!r}.")
         self.space = space
         self.evaluator = evaluator
         names = objectives if objectives is not None else getattr(evaluator, "objectives", None)
@@ -98,6 +115,7 @@ class MaskSearcher:
         self.executor = executor
         self.constraint = constraint
         self.progress = progress
+        self.retry_failed = retry_failed
         self.toolbox = make_toolbox(space, self.config)
         self._fitness = fitness_class(len(self.objectives))
         check_space = getattr(evaluator, "check_space", None)
@@ -114,9 +132,6 @@ class MaskSearcher:
         self.generation = -1
         self.history: list[dict[str, float]] = []
         self.reference_point = list(self.config.reference_point) if self.config.reference_point else None
-        self.evaluations = 0
-        self.cost = 0.0
-        self.seconds = 0.0
 
     def _path(self, name: str) -> str | None:
         return os.path.join(self.output_dir, name) if self.output_dir is not None else None
@@ -134,9 +149,7 @@ class MaskSearcher:
             rng=self.rng,
             reference_point=self.reference_point,
             history=self.history,
-            evaluations=self.evaluations,
-            cost=self.cost,
-            seconds=self.seconds,
+            **self._spent(),
         )
         checkpoint.save(path, self._settings())
 
@@ -155,8 +168,9 @@ class MaskSearcher:
         }
         return json.loads(json.dumps(header, allow_nan=False))
 
-    def _check_header(self) -> None:
-        """Refuse a journal written with other settings than this search's, naming the fields that differ."""
+    def _check_header(self, header: dict[str, Any]) -> None:
+        """Refuse a journal written with other settings than ``header`` (this search's), naming the fields that
+        differ."""
         path = self._path(JOURNAL_NAME)
         written = Journal.read_header(path)
         if written is None:
@@ -166,7 +180,7 @@ class MaskSearcher:
                     f"{_AFRESH}"
                 )
             return
-        differences = _differences(written, self.header())
+        differences = _differences(written, header)
         if differences:
             raise JournalError(
                 f"{path} was written by a search with other settings, so its evaluations cannot be reused: "
@@ -184,15 +198,30 @@ class MaskSearcher:
                     name,
                 )
 
-    def _load(self) -> None:
-        """Rebuild the cache and the counts from the journal, and the generation state from the checkpoint."""
-        self._check_header()
+    def _load(self, header: dict[str, Any]) -> None:
+        """Rebuild the cache from the journal (less the failures to retry), and the generation state from the
+        checkpoint, unless a retried evaluation belongs to a generation it holds: then the search replays from its
+        first generation."""
+        self._check_header(header)
         for record in Journal.read(self._path(JOURNAL_NAME), num_values=len(self.objectives)):
             self._remember(record)
+        retried = [record for record in self.cache.values() if self._retries(record)]
+        for record in retried:
+            del self.cache[(record["key"], float(record["budget"]))]
+        if retried:
+            logger.warning(
+                "Evaluating again %d candidate(s) whose evaluation failed (retry_failed=%r), first: genome %s, %s",
+                len(retried),
+                self.retry_failed,
+                retried[0]["key"],
+                retried[0].get("error"),
+            )
         path = self._path(CHECKPOINT_NAME)
         if not os.path.exists(path):
             return
         checkpoint = Checkpoint.load(path, self._settings())
+        if any(record["generation"] <= checkpoint.generation for record in retried):
+            return  # replay: the generations from the first one on must select with the new values
         self.generation = checkpoint.generation
         self.population = checkpoint.population
         self.rng = checkpoint.rng
@@ -200,12 +229,29 @@ class MaskSearcher:
         self.history = checkpoint.history
 
     def _remember(self, record: dict[str, Any]) -> None:
+        """File a record; a later record of the same genome and budget (a retry) supersedes an earlier one."""
         self.cache[(record["key"], float(record["budget"]))] = record
         self.records.append(record)
-        if record["status"] != "infeasible":
-            self.evaluations += 1
-            self.cost += float(record["budget"])
-            self.seconds += float(record.get("seconds", 0.0))
+
+    def _retries(self, record: dict[str, Any]) -> bool:
+        """Whether a resumed search evaluates the candidate of this (latest) record again (``retry_failed``)."""
+        if record["status"] != "error" or self.retry_failed == "none":
+            return False
+        return self.retry_failed == "all" or record.get("error_kind") == TRANSIENT
+
+    def _spent(self, generation: int | None = None) -> dict[str, Any]:
+        """Evaluations run (failed attempts that were retried included; cache hits and infeasible candidates not),
+        their summed budget fractions and seconds: all of them, or those of generations up to ``generation``."""
+        records = [
+            record
+            for record in self.records
+            if record["status"] != "infeasible" and (generation is None or record["generation"] <= generation)
+        ]
+        return {
+            "evaluations": len(records),
+            "cost": sum(float(record["budget"]) for record in records),
+            "seconds": sum(float(record.get("seconds", 0.0)) for record in records),
+        }
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(
@@ -344,10 +390,11 @@ class MaskSearcher:
             if not resume and os.path.exists(self._path(JOURNAL_NAME)):
                 raise FileExistsError(
                     f"{self._path(JOURNAL_NAME)} exists: resume the search (resume=True; `memcontrol search` without "
-                    f"--restart), or {_AFRESH}"
+                    f"--no_resume), or {_AFRESH}"
                 )
-            self._load()
-            journal = Journal(self._path(JOURNAL_NAME), header=self.header())
+            header = self.header()  # once: it may hash the data
+            self._load(header)
+            journal = Journal(self._path(JOURNAL_NAME), header=header)
         total = self.config.generations + 1
         bar = tqdm(total=total, initial=self.generation + 1, desc="generations", unit="gen", disable=not self.progress)
         try:
@@ -382,7 +429,8 @@ class MaskSearcher:
 
     def _end_generation(self, generation: int) -> None:
         self.generation = generation
-        values = [record["values"] for record in self._full_ok_records()]
+        # Up to this generation: a replay (after a retry) has later generations' records in its cache already.
+        values = [record["values"] for record in self._full_ok_records() if record["generation"] <= generation]
         if self.reference_point is None and values:
             self.reference_point = default_reference_point(values)
         volume = hypervolume(values, self.reference_point) if values and self.reference_point else 0.0
@@ -390,9 +438,7 @@ class MaskSearcher:
             {
                 "generation": generation,
                 "hypervolume": volume,
-                "evaluations": self.evaluations,
-                "cost": self.cost,
-                "seconds": self.seconds,
+                **self._spent(generation),
             }
         )
         self._save_checkpoint()
@@ -425,7 +471,7 @@ class MaskSearcher:
                 "seed": self.config.seed,
                 "population_size": self.config.population_size,
                 "generations": self.generation,
-                "evaluations": self.evaluations,
+                "evaluations": self._spent()["evaluations"],
                 "fidelities": list(self.config.fidelities),
                 "peft_memcontrol": __version__,
             },

@@ -2,7 +2,8 @@
 
 Three sources give the same `ImageCaptionDataset`:
 
-* an image folder with a ``metadata.jsonl`` (diffusers' / ``datasets``' ``imagefolder`` convention),
+* an image folder with ``metadata.jsonl`` or ``metadata.csv`` files (diffusers' / ``datasets``' ``imagefolder``
+  convention, subfolders included),
 * a CSV file of image path and caption (the layout the MemControl reference code reads),
 * a Hugging Face data set (``datasets.load_dataset``; the ``datasets`` package is only needed for this one).
 
@@ -27,6 +28,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 
+#: The metadata files of an image folder, as ``datasets``' ``imagefolder`` reads them (not its ``metadata.parquet``).
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+#: Folder names that ``datasets`` reads as a validation or test split (``datasets.data_files.SPLIT_KEYWORDS``).
+HELD_OUT_SPLIT_FOLDERS = ("validation", "valid", "dev", "val", "test", "testing", "eval", "evaluation")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 #: PIL modes of 8-bit images, read exactly as ``image.convert("RGB")`` reads them (not ``LAB``: Pillow converts
@@ -291,39 +296,42 @@ class ImageCaptionDataset(Dataset):
     def from_image_folder(
         cls, root: str, image_column: str | None = None, caption_column: str = "text", **kwargs: Any
     ) -> ImageCaptionDataset:
-        """Read ``root/metadata.jsonl`` (one JSON object a line with ``file_name`` and a caption column).
+        """Read an image folder as ``datasets``' ``imagefolder`` does: the rows of every ``metadata.jsonl`` (one JSON
+        object a line) or every ``metadata.csv`` (a header, then one row a line) in ``root`` and its subfolders, with
+        ``file_name`` and a caption column.
 
-        Every row is checked once here rather than when a batch draws it, hours into training: its file must be a
-        relative path inside ``root`` (no absolute path, no ``..`` leading out; a symbolic link inside ``root`` is
-        followed) and an image `check_image_file` accepts. All bad rows are reported in one error.
+        A row's file name is relative to the folder of its metadata file, and must stay inside it (no absolute path,
+        no ``..`` leading out; a symbolic link inside is followed); rows of a subfolder's file keep their path
+        relative to ``root`` as file name. Files are read in path order (``root``'s first). As in ``imagefolder``,
+        all metadata files of a folder are of one kind, and a subfolder named like a held-out split (``test``,
+        ``validation``, ...) is refused rather than mixed into the training rows.
+
+        Every row is checked once here rather than when a batch draws it, hours into training: its image must be
+        one `check_image_file` accepts. All bad rows are reported in one error.
         """
-        metadata_path = os.path.join(root, "metadata.jsonl")
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"--train_data_dir {root} does not exist.")
-        if not os.path.isfile(metadata_path):
-            raise FileNotFoundError(
-                f"{metadata_path} not found: an image folder needs a metadata.jsonl with one line per image, "
-                'such as {"file_name": "0001.png", "text": "a photo of ..."}.'
-            )
         image_column = image_column or "file_name"
-        rows, line_numbers = [], []
-        with open(metadata_path, encoding="utf-8") as f:
-            for line_number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{metadata_path}, line {line_number}: not valid JSON ({err}).") from err
-                    line_numbers.append(line_number)
-        _check_columns(rows, metadata_path, image_column, caption_column)
-        images = [os.path.join(root, str(row[image_column])) for row in rows]
-        checks = {
-            line: _inspect(path, outside=_outside_folder(row[image_column]))
-            for line, row, path in zip(line_numbers, rows, images)
-        }
-        _raise_bad_rows(metadata_path, image_column, dict(zip(line_numbers, rows)), checks)
+        images, captions, metadata, problems = [], [], [], []
+        checks: dict[tuple[str, int], tuple[str | None, int | None]] = {}
+        for metadata_path in find_metadata_files(root):
+            folder = os.path.dirname(metadata_path)
+            rows = read_metadata_rows(metadata_path)
+            _check_columns([row for _, row in rows], metadata_path, image_column, caption_column)
+            file_checks = {}
+            for line, row in rows:
+                path = os.path.join(folder, str(row[image_column]))
+                file_checks[line] = _inspect(path, outside=_outside_folder(row[image_column]))
+                images.append(path)
+                captions.append(row[caption_column])
+                if folder != root:
+                    row = {**row, image_column: os.path.relpath(path, root).replace(os.sep, "/")}
+                metadata.append(row)
+            problems.append(_bad_rows_report(metadata_path, image_column, dict(rows), file_checks))
+            checks.update({(metadata_path, line): check for line, check in file_checks.items()})
+        problems = [problem for problem in problems if problem]
+        if problems:
+            raise ValueError("\n".join(problems))
         kwargs.setdefault("bit_depth", _common_bit_depth(checks))
-        return cls(images, [row[caption_column] for row in rows], metadata=rows, **kwargs)
+        return cls(images, captions, metadata=metadata, **kwargs)
 
     @classmethod
     def from_csv(
@@ -348,7 +356,9 @@ class ImageCaptionDataset(Dataset):
         images = [os.path.join(base, row[image_column]) for row in rows]
         # line 1 is the header (a caption with a line break would shift the numbers; the file names are exact)
         checks = {line: _inspect(image) for line, image in enumerate(images, 2)}
-        _raise_bad_rows(path, image_column, dict(enumerate(rows, 2)), checks)
+        problems = _bad_rows_report(path, image_column, dict(enumerate(rows, 2)), checks)
+        if problems:
+            raise ValueError(problems)
         kwargs.setdefault("bit_depth", _common_bit_depth(checks))
         return cls(images, [row[caption_column] for row in rows], metadata=rows, **kwargs)
 
@@ -391,24 +401,84 @@ def _inspect(path: str, outside: str | None = None) -> tuple[str | None, int | N
         return f"{type(err).__name__}: {err}", None
 
 
-def _common_bit_depth(checks: dict[int, tuple[str | None, int | None]]) -> int:
+def _common_bit_depth(checks: dict[Any, tuple[str | None, int | None]]) -> int:
     """The `data_bit_depth` of checked rows: the largest integer image's bit depth, 8 when there is none."""
     return max((depth for _, depth in checks.values() if depth is not None), default=8)
 
 
-def _raise_bad_rows(
+def _bad_rows_report(
     source: str, image_column: str, rows: dict[int, dict[str, Any]], checks: dict[int, tuple[str | None, int | None]]
-) -> None:
-    """Raise one `ValueError` listing every row of ``source`` with a problem (line, file name, what is wrong)."""
+) -> str | None:
+    """The error listing every row of ``source`` with a problem (line, file name, what is wrong); ``None`` when no
+    row has one."""
     bad = {line: problem for line, (problem, _) in checks.items() if problem}
-    if bad:
-        listing = "\n".join(
-            f"  line {line} ({rows[line][image_column]!r}): {problem}" for line, problem in bad.items()
+    if not bad:
+        return None
+    listing = "\n".join(f"  line {line} ({rows[line][image_column]!r}): {problem}" for line, problem in bad.items())
+    return (
+        f"{source}: {len(bad)} of {len(rows)} rows name an image that cannot be used. Fix or remove these rows:"
+        f"\n{listing}"
+    )
+
+
+def find_metadata_files(root: str) -> list[str]:
+    """The metadata files of an image folder, as ``datasets``' ``imagefolder`` finds them: every ``metadata.jsonl``
+    or ``metadata.csv`` in ``root`` and its subfolders, ``root``'s first, then in path order.
+
+    Refused, with the fix: a missing folder; no metadata file (naming ``--train_csv`` for a CSV of another name);
+    files of both kinds; a metadata file in a subfolder named like a held-out split (`HELD_OUT_SPLIT_FOLDERS`), whose
+    rows ``imagefolder`` would not train on.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"--train_data_dir {root} does not exist.")
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        found += [os.path.join(folder, name) for name in METADATA_FILES if name in files]
+    if not found:
+        raise FileNotFoundError(
+            f"{root} has no metadata.jsonl or metadata.csv: an image folder needs one, with a row per image such as "
+            '{"file_name": "0001.png", "text": "a photo of ..."} (or the CSV columns file_name,text). A CSV of '
+            "another name, or with paths outside the folder, is read with --train_csv."
         )
+    kinds = {os.path.basename(path) for path in found}
+    if len(kinds) > 1:
         raise ValueError(
-            f"{source}: {len(bad)} of {len(rows)} rows name an image that cannot be used. Fix or remove these rows:"
-            f"\n{listing}"
+            f"{root} holds both metadata.jsonl and metadata.csv files ({found}): as in datasets' imagefolder, the "
+            "metadata files of a folder must all be of one kind. Convert or remove one kind."
         )
+    held_out = [
+        path
+        for path in found
+        if any(part.lower() in HELD_OUT_SPLIT_FOLDERS for part in os.path.relpath(path, root).split(os.sep)[:-1])
+    ]
+    if held_out:
+        raise ValueError(
+            f"{root}: {held_out} lie in folders named like a held-out split, which datasets' imagefolder does not "
+            "train on. Pass the training split's folder as --train_data_dir (e.g. its train/ subfolder)."
+        )
+    return found
+
+
+def read_metadata_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a ``metadata.jsonl`` (blank lines skipped) or ``metadata.csv`` (after its header), each with its
+    line number in the file."""
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.endswith(".csv"):
+            reader = csv.DictReader(f)
+            # reader.line_num is the row's last line: a caption with a line break spans several
+            rows = [(reader.line_num, row) for row in reader]
+            if not rows:
+                raise ValueError(f"{path} has no rows below its header.")
+            return rows
+        rows = []
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append((line_number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {line_number}: not valid JSON ({err}).") from err
+        return rows
 
 
 def _check_columns(rows: list[dict[str, Any]], source: str, image_column: str, caption_column: str) -> None:

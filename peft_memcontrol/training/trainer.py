@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from typing import Any
@@ -29,8 +30,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .._registry import registered_methods
 from ..metrics.noise_norm import text_conditional_noise_norm
 from ..optim import adapter_param_groups
+from ..tuners.base import count_model_parameters
 from . import checkpoints
 from .accelerator import create_accelerator, mixed_precision_dtype, move_module
 from .config import TrainingConfig, TrainingResult
@@ -459,6 +462,80 @@ class MemControlTrainer:
     def end(self) -> None:
         """Close the trackers."""
         self.accelerator.end_training()
+
+    def run_summary(self) -> dict[str, Any]:
+        """What the run trains on and with, as diffusers' scripts state it before training (`training_banner`):
+        examples, epochs, batch sizes, steps, method, mask units on, learning rate, trainable parameters and their
+        share of the UNet's (adapter parameters excluded).
+
+        Epochs count the samples the run draws (``max_train_steps`` times the total batch) in passes over the data,
+        rounded up, as diffusers' ``num_train_epochs`` does.
+        """
+        config = self.config
+        total_batch = config.train_batch_size * self.accelerator.num_processes * config.gradient_accumulation_steps
+        trainable = sum(parameter.numel() for parameter in self.trainable_parameters().values())
+        base = count_model_parameters(self.base_unet)
+        mask = getattr(self.method, "mask", None)
+        return {
+            "num_examples": len(self.train_dataset),
+            "num_epochs": math.ceil(config.max_train_steps * total_batch / len(self.train_dataset)),
+            "train_batch_size": config.train_batch_size,
+            "num_processes": self.accelerator.num_processes,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "total_train_batch_size": total_batch,
+            "max_train_steps": config.max_train_steps,
+            "method": method_name(self.method),
+            "mask_units_on": None if mask is None else sum(bool(on) for on in mask.values()),
+            "mask_units": None if mask is None else len(mask),
+            "learning_rate": self._learning_rate(),
+            "trainable_parameters": trainable,
+            "unet_parameters": base,
+            "trainable_share": trainable / base,
+        }
+
+
+def method_name(method: Any) -> str:
+    """The user-facing name of a trainer's ``method``: ``"full"``, a registered method's (``"svdiff"``),
+    ``"memcontrol (<base method>)"``, or the PEFT type of another PEFT method (``"lora"``)."""
+    if isinstance(method, str):
+        return method
+    base = getattr(method, "method", None)  # a MemControlConfig names the base method its mask applies to
+    if base is not None:
+        return f"memcontrol ({base})"
+    peft_type = str(getattr(method.peft_type, "value", method.peft_type)).lower()
+    return next(
+        (record.method for record in registered_methods() if isinstance(method, record.config_cls) and record.method),
+        peft_type,
+    )
+
+
+def training_banner(summary: dict[str, Any]) -> list[str]:
+    """The lines diffusers' ``train_text_to_image_lora.py`` logs before training, then the method, the mask, the
+    learning rate and the trainable parameters, from a `MemControlTrainer.run_summary` (plus, when the launch
+    script adds them, ``mask_file`` and ``learning_rate_source``)."""
+    if summary["mask_units"] is None:
+        mask = "none (every unit of the method trains)"
+    else:
+        mask = f"{summary['mask_units_on']} of {summary['mask_units']} units on"
+    if summary.get("mask_file"):
+        mask += f", from {summary['mask_file']}"
+    rate = f"{summary['learning_rate']:g}"
+    if summary.get("learning_rate_source"):
+        rate += f" ({summary['learning_rate_source']})"
+    return [
+        "***** Running training *****",
+        f"  Num examples = {summary['num_examples']}",
+        f"  Num Epochs = {summary['num_epochs']}",
+        f"  Instantaneous batch size per device = {summary['train_batch_size']}",
+        f"  Total train batch size (w. parallel, distributed & accumulation) = {summary['total_train_batch_size']}",
+        f"  Gradient Accumulation steps = {summary['gradient_accumulation_steps']}",
+        f"  Total optimization steps = {summary['max_train_steps']}",
+        f"  Method = {summary['method']}",
+        f"  Mask = {mask}",
+        f"  Learning rate = {rate}",
+        f"  Trainable parameters = {summary['trainable_parameters']:,} ({summary['trainable_share']:.4%} of the "
+        f"UNet's {summary['unet_parameters']:,})",
+    ]
 
 
 def run_fingerprint(method: Any, dataset: Any, seed: int, base_model: str | None) -> dict[str, Any]:

@@ -429,6 +429,18 @@ class MaskedTuner(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """The checkpoint key of a model key: PEFT's (adapter name removed), and without the ``.base_layer``
+        segments that another method's layer adds when it wraps ours (a LoRA added after our adapter on the same
+        modules). The checkpoint then holds the keys a fresh model has; PEFT builds the inverse mapping for loading
+        from this same function, so such a checkpoint also loads into a model where a LoRA wraps our layers."""
+        key = super()._remove_adapter_name_from_key(key, adapter_name)
+        path, separator, parameter = key.partition(f".{cls.prefix}")
+        if not separator:
+            return key
+        return path.replace(".base_layer", "") + separator + parameter
+
+    @classmethod
     def _remap_adapter_state_dict_for_load(
         cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
@@ -438,4 +450,17 @@ class MaskedTuner(BaseTuner):
         return remapped
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        pass  # adapter parameters are created in float32 and stay there
+        """Adapter parameters are created in float32 and, by default, stay there (PEFT's ``autocast_adapter_dtype``
+        default, which lifts half-precision adapters to float32). ``autocast_adapter_dtype=False`` asks for adapters
+        in the base layer's dtype, as for LoRA: each layer's parameters of ``adapter_name`` are cast to it."""
+        if autocast_adapter_dtype:
+            return
+        for module in self.model.modules():
+            if not isinstance(module, MaskedTunerLayer):
+                continue
+            dtype = module.get_base_layer().weight.dtype
+            for container_name in module.adapter_layer_names:
+                container = getattr(module, container_name)
+                if adapter_name in container and container[adapter_name].dtype != dtype:
+                    parameter = container[adapter_name]
+                    container[adapter_name] = nn.Parameter(parameter.detach().to(dtype), parameter.requires_grad)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
+from numbers import Real
 from typing import Any
 
 from ..._registry import base_method
@@ -33,7 +35,21 @@ class MemControlConfig(MaskedTunerConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_learning_rate()
         self.base_config()  # fail now on an unknown method or unknown method options
+
+    def _check_learning_rate(self) -> None:
+        """Refuse a learning rate that training cannot use: NaN, infinite, zero or negative, or not a number (a JSON
+        string such as ``"1e-4"``); such values would also be written as non-JSON ``NaN``/``Infinity``."""
+        value = self.learning_rate
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"MemControlConfig.learning_rate must be a finite number > 0 (or None), got {value!r}; write it as a "
+                "JSON number such as 0.0001, or leave it out to use the trainer's learning rate."
+            )
+        self.learning_rate = float(value)
 
     def base_config(self) -> MaskedTunerConfig:
         """The equivalent config of the base method: every field the methods share, and ``method_options``."""

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...svd import SpectralFactors, spectral_factors
@@ -17,9 +19,17 @@ class SVDiffLayer(MaskedTunerLayer):
     singular values, whatever is merged into the base weight later, so that its change composes with other merges
     like a LoRA's does. The factors stay float32 and follow the layer's device through ``.to()``; they are not part of
     the state dict (they are recomputed from the base weight on loading) and are freed with the layer.
+
+    The change ``U diag(relu(s + d) - s) Vh`` reaches the output by one of two exact routes (``formulation``):
+    ``"rebuild"`` forms the adapted weight and runs the layer once (cost ``out x in x k`` per call, whatever the batch);
+    ``"factorized"`` runs the frozen layer and adds ``((x Vh^T) * shift) U^T`` (cost ``tokens x k x (in + out)``, like
+    a LoRA of rank k). ``"auto"`` (the default) takes the cheaper one for each call from the layer's shape and the
+    number of tokens: the factorized route where tokens are few (low-resolution blocks, cross-attention K/V, the time
+    embedding), rebuilding where they are many. Both give the same outputs and gradients to float32 rounding.
     """
 
     adapter_layer_names = ("mc_svdiff_spectral_shift", "mc_svdiff_norm_shift")
+    formulation: str = "auto"
     _spectral: SpectralFactors | None = None
 
     @property
@@ -61,6 +71,50 @@ class SVDiffLayer(MaskedTunerLayer):
         super().delete_adapter(adapter_name)
         if not self.mc_components:
             self._spectral = None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters or self.merged or self.is_norm:
+            return super().forward(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.mc_components]
+        if not active or not self._takes_factorized_route(x):
+            return super().forward(x, *args, **kwargs)
+        output = self.base_layer(x, *args, **kwargs)
+        return output + self._factorized_change(x, active).to(output.dtype)
+
+    def _takes_factorized_route(self, x: torch.Tensor) -> bool:
+        """Whether ``formulation`` (or, for ``"auto"``, the cost model in the class docstring) picks the factorized
+        route for input ``x``. Grouped or non-zero-padded convolutions always rebuild."""
+        if self.formulation not in ("auto", "rebuild", "factorized"):
+            raise ValueError(
+                f"Unknown SVDiff formulation {self.formulation!r}; use 'auto', 'rebuild' or 'factorized'."
+            )
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d) and (base.groups != 1 or base.padding_mode != "zeros"):
+            return False
+        if self.formulation != "auto":
+            return self.formulation == "factorized"
+        rows, columns = base.weight.shape[0], base.weight[0].numel()
+        rank = min(rows, columns)
+        if isinstance(base, nn.Linear):
+            tokens = x.numel() // max(x.shape[-1], 1)
+        else:
+            tokens = x.shape[0] * x.shape[-2] * x.shape[-1] // (base.stride[0] * base.stride[1])
+        return tokens * rank * (rows + columns) < rows * columns * rank
+
+    def _factorized_change(self, x: torch.Tensor, active: list[str]) -> torch.Tensor:
+        """``x`` through ``U diag(sum of the active adapters' scaled shifts) Vh`` (their changes add)."""
+        u, s, vh = self.spectral_factors
+        shift = sum(self.mc_scale[name] * (torch.relu(s + self.mc_svdiff_spectral_shift[name]) - s) for name in active)
+        base = self.get_base_layer()
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        u, vh, shift = u.to(dtype), vh.to(dtype), shift.to(dtype)
+        if isinstance(base, nn.Linear):
+            return F.linear(F.linear(x.to(dtype), vh) * shift, u)
+        rank = s.shape[0]
+        projected = F.conv2d(
+            x.to(dtype), vh.reshape(rank, *base.weight.shape[1:]), None, base.stride, base.padding, base.dilation
+        )
+        return F.conv2d(projected * shift[:, None, None], u[:, :, None, None])
 
     def apply_adapter(
         self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
