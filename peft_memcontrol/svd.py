@@ -14,12 +14,17 @@ base model with many candidates keeps them alive between candidates with a `Spec
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
+import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,16 +55,33 @@ class SpectralFactors:
 
 
 class SpectralFactorPool:
-    """Keeps every decomposition made or looked up while it is alive, so that they outlive the layers using them.
+    """Keeps the decompositions made or looked up inside its ``with`` blocks, so that they outlive the layers using
+    them.
 
     The shared index holds decompositions weakly: when the last SVDiff layer of a weight is unloaded, its factors are
-    freed. A search wraps the same base model with one candidate after another; its worker holds a pool so that each
-    weight is decomposed once for the whole search, and frees them all by dropping (or `clear`-ing) the pool.
+    freed. A search wraps the same base model with one candidate after another; its worker creates each candidate's
+    adapter inside ``with pool:``, so that each weight is decomposed once for the whole search, and frees them all by
+    dropping (or `clear`-ing) the pool. Decompositions made outside the block (another model in the same process) are
+    not held.
+
+    Args:
+        cache_dir: a folder where decompositions made inside the block are also written (one safetensors file per
+            weight, named by its content key) and where later requests look first: the workers of a search, a
+            restarted search and every later run on the same base model then decompose each weight once. A file
+            that cannot be read or does not match its weight is recomputed (and rewritten) with a warning.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         self._held: dict[str, SpectralFactors] = {}
-        _POOLS.add(self)
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        _ALL_POOLS.add(self)
+
+    def __enter__(self) -> SpectralFactorPool:
+        _ACTIVE_POOLS.append(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _ACTIVE_POOLS.remove(self)
 
     def _hold(self, key: str, factors: SpectralFactors) -> None:
         self._held[key] = factors
@@ -78,7 +100,8 @@ class SpectralFactorPool:
 
 
 _INDEX: weakref.WeakValueDictionary[str, SpectralFactors] = weakref.WeakValueDictionary()
-_POOLS: weakref.WeakSet[SpectralFactorPool] = weakref.WeakSet()
+_ACTIVE_POOLS: list[SpectralFactorPool] = []
+_ALL_POOLS: weakref.WeakSet[SpectralFactorPool] = weakref.WeakSet()
 
 
 def weight_matrix(weight: torch.Tensor, as_row: bool = False) -> torch.Tensor:
@@ -102,17 +125,86 @@ def spectral_factors(weight: torch.Tensor, as_row: bool = False) -> SpectralFact
     request for a weight of the same content."""
     key = weight_key(weight, as_row)
     factors = _INDEX.get(key)
+    cache_dirs = [pool.cache_dir for pool in _ACTIVE_POOLS if pool.cache_dir is not None]
     if factors is None:
-        with torch.no_grad(), _threads_for(weight.numel()):
-            matrix = weight_matrix(weight.detach(), as_row).float()
-            found = _gram_svd(matrix) if matrix.numel() >= SMALL_MATRIX else None
-            if found is None:
-                found = torch.linalg.svd(matrix, full_matrices=False)
-        factors = SpectralFactors(*(factor.contiguous() for factor in found))
-        _INDEX[key] = factors
-    for pool in list(_POOLS):
+        factors = next(filter(None, (_read_factors(folder, key, weight, as_row) for folder in cache_dirs)), None)
+    if factors is None:
+        factors = _decompose(weight, as_row)
+    _INDEX[key] = factors
+    for folder in cache_dirs:
+        _write_factors(folder, key, factors)
+    for pool in _ACTIVE_POOLS:
         pool._hold(key, factors)
     return factors.to(weight.device)
+
+
+def _decompose(weight: torch.Tensor, as_row: bool) -> SpectralFactors:
+    with torch.no_grad(), _threads_for(weight.numel()):
+        matrix = weight_matrix(weight.detach(), as_row).float()
+        found = _gram_svd(matrix) if matrix.numel() >= SMALL_MATRIX else None
+        if found is None:
+            found = torch.linalg.svd(matrix, full_matrices=False)
+    return SpectralFactors(*(factor.contiguous() for factor in found))
+
+
+def _cache_path(folder: str, key: str) -> str:
+    return os.path.join(folder, hashlib.sha256(key.encode()).hexdigest() + ".safetensors")
+
+
+def _read_factors(folder: str, key: str, weight: torch.Tensor, as_row: bool) -> SpectralFactors | None:
+    """The factors cached for ``key`` in ``folder``, or ``None`` (no file, or one that is unreadable, written for
+    another key, or of the wrong shapes: then with a warning, and the caller recomputes and rewrites it)."""
+    path = _cache_path(folder, key)
+    if not os.path.exists(path):
+        return None
+    rows, columns = weight_matrix(weight, as_row).shape
+    rank = min(rows, columns)
+    expected = {"u": (rows, rank), "s": (rank,), "vh": (rank, columns)}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            if (handle.metadata() or {}).get("key") != key:
+                raise ValueError("it was written for another weight")
+            tensors = {name: handle.get_tensor(name) for name in expected}
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != shape or tensors[name].dtype != torch.float32:
+                raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+            if not torch.isfinite(tensors[name]).all():
+                raise ValueError(f"{name} holds NaN or inf")
+        _check_decomposition(weight_matrix(weight.detach(), as_row).float().cpu(), *tensors.values())
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        warnings.warn(f"Ignoring the cached SVD {path} ({error}); decomposing the weight again.", stacklevel=3)
+        os.remove(path)  # rewritten with the new decomposition
+        return None
+    return SpectralFactors(tensors["u"], tensors["s"], tensors["vh"])
+
+
+def _check_decomposition(matrix: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> None:
+    """Refuse factors that do not decompose ``matrix``: ``U diag(s) Vh`` must rebuild it and ``U``, ``Vh`` must be
+    orthonormal, to float32 SVD accuracy (a few matrix products: far cheaper than decomposing again)."""
+    scale = matrix.abs().max().item() or 1.0
+    if ((u * s) @ vh - matrix).abs().max().item() > 1e-4 * scale:
+        raise ValueError("its factors do not rebuild the weight")
+    eye = torch.eye(s.shape[0])
+    if (u.T @ u - eye).abs().max().item() > 1e-3 or (vh @ vh.T - eye).abs().max().item() > 1e-3:
+        raise ValueError("its singular vectors are not orthonormal")
+
+
+def _write_factors(folder: str, key: str, factors: SpectralFactors) -> None:
+    """Write ``factors`` to ``folder`` unless already there; atomically (a temporary file renamed), so that a killed
+    process or a concurrent worker never leaves a partial file under the final name."""
+    path = _cache_path(folder, key)
+    if os.path.exists(path):
+        return
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(handle)
+    try:
+        tensors = {"u": factors.u.cpu().contiguous(), "s": factors.s.cpu(), "vh": factors.vh.cpu().contiguous()}
+        save_file(tensors, temporary, metadata={"key": key})
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 SMALL_MATRIX = 1 << 20
@@ -159,5 +251,5 @@ def _threads_for(numel: int) -> Iterator[None]:
 def clear_svd_cache() -> None:
     """Forget every shared decomposition and empty every pool; layers keep the factors they hold."""
     _INDEX.clear()
-    for pool in list(_POOLS):
+    for pool in list(_ALL_POOLS):
         pool.clear()

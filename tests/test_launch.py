@@ -23,6 +23,10 @@ from helpers.images import write_image_folder
 from helpers.training import TINY_SLOTS
 
 
+# pytest-xdist: run this module's tests in one worker (its launches all use accelerate's default port 29500).
+pytestmark = pytest.mark.xdist_group("accelerate-launch")
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_text_to_image_memcontrol.py")
 _spec = importlib.util.spec_from_file_location("train_text_to_image_memcontrol", SCRIPT)

@@ -21,6 +21,10 @@ from peft_memcontrol.search import (
 )
 
 
+# pytest-xdist: run this module's tests in one worker (one local Ray cluster at a time).
+pytestmark = pytest.mark.xdist_group("ray")
+
+
 SPACE = GenomeSpace(units=tuple(f"unit.{i}" for i in range(8)), learning_rate_bounds=(1e-5, 1e-3))
 CONFIG = SearchConfig(population_size=6, generations=2, seed=5)
 

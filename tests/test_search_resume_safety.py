@@ -103,7 +103,7 @@ def test_inner_loop_settings_hold_what_changes_scores_and_leave_out_where_runs_g
         "repeats": 50,
         "seed": 0,
     }
-    assert settings["objectives"] == ["noise_norm", "fid"]
+    assert settings["objectives"] == ["copy_similarity", "kid"]
     training = settings["training"]
     assert training["max_train_steps"] == 3 and training["learning_rate"] == 1e-4 and training["seed"] == 0
     assert "output_dir" not in training and "show_progress" not in training

@@ -99,27 +99,35 @@ def test_weight_key_changes_with_content_written_through_data():
 
 
 def test_factors_are_freed_with_the_layer_unless_a_pool_holds_them():
-    unet = build_sd15_unet()
+    # weights no other test builds, so that no layer elsewhere in the process shares their factors (the first layer,
+    # conv_in, is random; unit norms are shared by every fresh UNet)
+    unet = build_sd15_unet(seed=31)
     model = get_peft_model(unet, SVDiffConfig())
-    held = weakref.ref(next(iter(_svdiff_layers(model).values())).spectral_factors)
+    first_path = next(iter(_svdiff_layers(model)))
+    assert first_path.endswith("conv_in")
+    held = weakref.ref(_svdiff_layers(model)[first_path].spectral_factors)
     model.unload()
     del model
     gc.collect()
     assert held() is None
 
     pool = SpectralFactorPool()
-    candidate = get_peft_model(unet, SVDiffConfig())
+    get_peft_model(build_sd15_unet(), SVDiffConfig())  # outside the pool's block: not held
+    assert len(pool) == 0
+    with pool:
+        candidate = get_peft_model(unet, SVDiffConfig())
     first = {path: layer.spectral_factors for path, layer in _svdiff_layers(candidate).items()}
     unet = candidate.unload()
     del candidate
     gc.collect()
     assert len(pool) == len({id(factors) for factors in first.values()})  # equal weights (unit norms) share
-    candidate = get_peft_model(unet, SVDiffConfig())
+    with pool:
+        candidate = get_peft_model(unet, SVDiffConfig())
     second = _svdiff_layers(candidate)
     assert all(second[path].spectral_factors is factors for path, factors in first.items())  # decomposed once
     candidate.unload()
 
-    held = weakref.ref(next(iter(first.values())))
+    held = weakref.ref(first[first_path])
     del first, second, candidate
     pool.clear()
     gc.collect()

@@ -218,12 +218,16 @@ class InnerLoop:
             encoding caches every time: only for measuring what the reuse saves).
         cache_encodings: reuse the frozen encoders' outputs across candidates (``False``: encode every batch again;
             only for measuring what the cache saves: results are bit-identical either way).
+        svd_cache_dir: a folder where SVDiff's decompositions of the base weights are kept on disk
+            (`SpectralFactorPool`): the workers of a process pool or Ray cluster (on a shared disk), a restarted
+            search and later searches on the same base model decompose each weight once. Not part of `settings`
+            (the factors are checked against their weights when read).
     """
 
     def __init__(
         self,
         data: ProxyDataSpec,
-        objectives: Sequence[str | Objective] = ("noise_norm", "fid"),
+        objectives: Sequence[str | Objective] = ("copy_similarity", "kid"),
         training: TrainingConfig | None = None,
         evaluation: EvaluationSettings = SEARCH_EVALUATION,
         reduction: str = "max",
@@ -232,6 +236,7 @@ class InnerLoop:
         method_options: dict[str, Any] | None = None,
         reuse_base_model: bool = True,
         cache_encodings: bool = True,
+        svd_cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self._objectives = resolve_objectives(objectives)
         self.objectives = [name for name, _ in self._objectives]
@@ -246,6 +251,7 @@ class InnerLoop:
             self.config_kwargs["method_options"] = dict(method_options)
         self.reuse_base_model = reuse_base_model
         self.cache_encodings = cache_encodings
+        self.svd_cache_dir = None if svd_cache_dir is None else os.fspath(svd_cache_dir)
 
     def load(self) -> LoadedProxy:
         """This worker's base model and data (loaded on first use, then kept in `WORKER_CACHE`)."""
@@ -315,17 +321,19 @@ class InnerLoop:
                 report_to=None,
                 show_progress=False,
             )
-            trainer = MemControlTrainer(
-                unet=loaded.unet,
-                vae=loaded.vae,
-                text_encoder=loaded.text_encoder,
-                tokenizer=loaded.tokenizer,
-                noise_scheduler=loaded.noise_scheduler,
-                train_dataset=loaded.proxy.dataset,
-                method=config,
-                config=training_config,
-                encodings=loaded.encodings if self.cache_encodings else None,
-            )
+            loaded.svd_factors.cache_dir = self.svd_cache_dir
+            with loaded.svd_factors:  # the candidate's adapter reuses the SVDs of earlier candidates
+                trainer = MemControlTrainer(
+                    unet=loaded.unet,
+                    vae=loaded.vae,
+                    text_encoder=loaded.text_encoder,
+                    tokenizer=loaded.tokenizer,
+                    noise_scheduler=loaded.noise_scheduler,
+                    train_dataset=loaded.proxy.dataset,
+                    method=config,
+                    config=training_config,
+                    encodings=loaded.encodings if self.cache_encodings else None,
+                )
             try:
                 training = trainer.train()
                 context = ObjectiveContext(
