@@ -10,6 +10,7 @@ made for another architecture with an error that names the layer and both shapes
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -18,16 +19,20 @@ import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from peft import PeftConfig, inject_adapter_in_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import AuxiliaryTrainingWrapper, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._registry import registered_methods
+
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+PEFT_MODEL_PREFIX = "base_model.model."
 
 
 def resolve_adapter_folder(
@@ -52,6 +57,30 @@ def resolve_adapter_folder(
     if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
         raise FileNotFoundError(f"No {CONFIG_NAME} in {folder}: not a saved PEFT adapter.")
     return folder
+
+
+def read_adapter_config(folder: str) -> PeftConfig:
+    """Read ``adapter_config.json``; malformed JSON, an unknown ``peft_type`` or a field of the wrong type is refused
+    with an error that names the file."""
+    path = os.path.join(folder, CONFIG_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            attributes = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}). Repair the file, or save or download the adapter again."
+        ) from error
+    peft_type = attributes.get("peft_type") if isinstance(attributes, dict) else None
+    if not isinstance(peft_type, str) or peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise ValueError(
+            f"{path} gives peft_type {peft_type!r}, which is not a PEFT method installed here. Was the file edited "
+            f"by hand? peft_memcontrol's methods are {[record.peft_type.value for record in registered_methods()]}; "
+            "PEFT's own include LORA."
+        )
+    try:
+        return PeftConfig.from_pretrained(folder)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds an invalid adapter config: {error}") from error
 
 
 def read_adapter_weights(folder: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -144,8 +173,11 @@ def load_adapter(
     """
     model = _target_model(unet_or_pipeline)
     folder = resolve_adapter_folder(path_or_repo_id, subfolder=subfolder, revision=revision, token=token)
-    config = PeftConfig.from_pretrained(folder)
+    config = read_adapter_config(folder)
     weights = read_adapter_weights(folder, device=next(model.parameters()).device)
+    # PeftModel.save_pretrained writes keys under "base_model.model."; a diffusers model has none. PEFT drops the prefix
+    # itself, but only after it has looked up the weights of `modules_to_save` under the model's own keys.
+    weights = {key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in weights.items()}
     config.inference_mode = not is_trainable
     had_adapters = bool(getattr(model, "peft_config", None))
     if hasattr(model, "add_adapter"):

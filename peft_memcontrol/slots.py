@@ -211,15 +211,33 @@ def validate_mask(mask: Mapping[str, bool] | None, units: Sequence[str]) -> dict
     unknown = [name for name in mask if name not in units]
     if unknown:
         raise ValueError(
-            f"Unknown slot name(s) in mask: {unknown}. This model's valid units are (in bit order): {list(units)}."
+            f"Unknown slot name(s) in mask: {unknown}. The mask has values for {len(mask)} units and this model has "
+            f"{len(units)}: was it made for another model? A mask fits one architecture, granularity and semantics. "
+            f"This model's units are (in bit order): {list(units)}."
         )
     missing = [name for name in units if name not in mask]
     if missing:
         raise ValueError(
-            f"The mask gives no value for {missing}. Give every unit a value (valid units, in bit order: "
-            f"{list(units)}), e.g. with `Mask.from_bits(bits, units)` or `Mask.all_on(units)`."
+            f"The mask has values for {len(mask)} units and this model has {len(units)}; it gives no value for "
+            f"{missing}. Give every unit a value (valid units, in bit order: {list(units)}), e.g. with "
+            "`Mask.from_bits(bits, units)` or `Mask.all_on(units)`."
         )
     return {name: mask_value(name, mask[name]) for name in units}
+
+
+def _not_a_mapping(values: object) -> str:
+    """Why ``values`` is not a mask, and how to make one from it (a bit list, a path)."""
+    if isinstance(values, (str, os.PathLike)):
+        return (
+            f"A mask maps unit names to true/false; got the string {os.fspath(values)!r}. If it is a file, read it "
+            "with `Mask.load(path)` and pass the result."
+        )
+    if isinstance(values, Sequence):
+        return (
+            f"A mask maps unit names to true/false; got a {type(values).__name__} of {len(values)} values. Build it "
+            "from bits with `Mask.from_bits(bits, slot_units(model, config))`, which names the unit of each bit."
+        )
+    return f"A mask maps unit names to true/false; got {type(values).__name__} {values!r}."
 
 
 class Mask(Mapping[str, bool]):
@@ -229,6 +247,8 @@ class Mask(Mapping[str, bool]):
     """
 
     def __init__(self, values: Mapping[str, bool]):
+        if not isinstance(values, Mapping):
+            raise TypeError(_not_a_mapping(values))
         self._values = {str(name): mask_value(str(name), value) for name, value in values.items()}
 
     def __getitem__(self, name: str) -> bool:
@@ -307,9 +327,13 @@ class Mask(Mapping[str, bool]):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Mask:
-        """Read a mask written by `save` (or an adapter_config.json)."""
+        """Read a mask written by `save` (or an adapter_config.json); an error names the file."""
         with open(path, encoding="utf-8") as handle:
-            return cls.from_json(handle.read())
+            text = handle.read()
+        try:
+            return cls.from_json(text)
+        except ValueError as error:  # json.JSONDecodeError is one
+            raise ValueError(f"{os.fspath(path)} does not hold a valid mask: {error}") from error
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from .._registry import base_methods
 from .base import MaskedTuner, MaskedTunerConfig, MaskedTunerLayer
+from .block_scales import install_block_scales
 
 
 # isort: off
@@ -13,6 +14,7 @@ from .memcontrol import MemControlConfig, MemControlModel
 
 # isort: on
 
+install_block_scales()  # block-wise set_adapters weights for our adapters on conv_in, time_embedding, conv_out
 
 METHODS: dict[str, tuple[type[MaskedTunerConfig], type[MaskedTuner]]] = {
     name: (record.config_cls, record.model_cls) for name, record in base_methods().items()

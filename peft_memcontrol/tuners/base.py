@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _ExcludedModule, check_adapters_to_merge
+from peft.utils import AuxiliaryTrainingWrapper
 from torch import nn
 
 from .._registry import method_of
@@ -55,6 +56,9 @@ class MaskedTunerConfig(PeftConfig):
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names or regex never to adapt."}
     )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained fully and saved beside the adapter (e.g. ['conv_out'])."}
+    )
     init_weights: bool = field(default=True, metadata={"help": "False: random non-identity init, for tests."})
     trainable_parameters: int | None = field(
         default=None, metadata={"help": "Set when the adapter is created: parameters it trains."}
@@ -73,6 +77,7 @@ class MaskedTunerConfig(PeftConfig):
             raise ValueError(f"Unknown granularity {self.granularity!r}; choose one of {GRANULARITIES}.")
         if self.mask_semantics not in SEMANTICS:
             raise ValueError(f"Unknown mask_semantics {self.mask_semantics!r}; choose one of {SEMANTICS}.")
+        self._check_module_patterns()
         if isinstance(self.target_modules, set):
             self.target_modules = sorted(self.target_modules)
 
@@ -92,6 +97,26 @@ class MaskedTunerConfig(PeftConfig):
                     f"({type(value).__name__}); write true or false (JSON) or True or False (Python)."
                 )
 
+    def _check_module_patterns(self) -> None:
+        """Refuse ``target_modules``/``exclude_modules`` that are not None, a regex string or a list of names (a
+        hand-edited ``adapter_config.json`` would otherwise fail deep inside the matching), and LoRA's
+        ``"all-linear"`` shortcut, which would silently match nothing as a regex."""
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            names = isinstance(value, (list, tuple, set)) and all(isinstance(entry, str) for entry in value)
+            if value is not None and not isinstance(value, str) and not names:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must be None, a regex string or a list of module names, got "
+                    f'{value!r} ({type(value).__name__}); e.g. ["to_q", "to_k"] or ".*attn2.*".'
+                )
+        if isinstance(self.target_modules, str) and self.target_modules.lower() == "all-linear":
+            raise ValueError(
+                f'{type(self).__name__}(target_modules="all-linear"): "all-linear" is a LoRA shortcut that '
+                "peft_memcontrol's methods do not take, since each method chooses the layers it adapts. Leave "
+                'target_modules unset to adapt all of them, or restrict them with module names (["to_q", "to_k"]) '
+                'or a regex over module paths (".*attn2.*").'
+            )
+
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Save ``adapter_config.json`` and add this adapter's section to the folder's model card (README.md)."""
         super().save_pretrained(save_directory, **kwargs)
@@ -99,7 +124,8 @@ class MaskedTunerConfig(PeftConfig):
 
 
 def iter_base_modules(model: nn.Module):
-    """Yield ``(path, module)`` for the model's own modules, seeing through adapter layers already injected."""
+    """Yield ``(path, module)`` for the model's own modules, seeing through adapter layers and ``modules_to_save``
+    wrappers already injected."""
     skip: list[str] = []
     for path, module in model.named_modules():
         if any(path.startswith(prefix) for prefix in skip):
@@ -107,8 +133,18 @@ def iter_base_modules(model: nn.Module):
         if isinstance(module, BaseTunerLayer):
             skip.append(path + ".")
             yield path, module.get_base_layer()
+        elif isinstance(module, AuxiliaryTrainingWrapper):
+            skip.append(path + ".")
+            yield path, module.original_module
         else:
             yield path, module
+
+
+def _trained_whole(model: nn.Module, config: MaskedTunerConfig) -> list[str]:
+    """Paths of the modules trained whole, where the method adapts nothing: ``config``'s `_saved_modules` and those
+    that an earlier adapter's ``modules_to_save`` already wraps."""
+    wrapped = [path for path, module in model.named_modules() if isinstance(module, AuxiliaryTrainingWrapper)]
+    return wrapped + _saved_modules(model, config)
 
 
 def count_model_parameters(model: nn.Module) -> int:
@@ -124,6 +160,64 @@ def _matches(patterns: list[str] | str | None, path: str) -> bool:
     if isinstance(patterns, str):
         return re.fullmatch(patterns, path) is not None
     return any(path == pattern or path.endswith("." + pattern) for pattern in patterns)
+
+
+def _target_entries(patterns: list[str] | str) -> list[list[str] | str]:
+    """Each entry of ``target_modules`` as a pattern of its own: the regex string, or each name as a one-name list."""
+    return [patterns] if isinstance(patterns, str) else [[name] for name in patterns]
+
+
+def _refuse_unmatched_targets(model: nn.Module, config: MaskedTunerConfig, candidates: Candidates) -> None:
+    """Raise if an entry of ``config.target_modules`` matches none of the modules the method adapts on ``model``
+    (a typo would otherwise silently train less), naming the entry and what it matches instead."""
+    if config.target_modules is None:
+        return
+    problems = []
+    for entry in _target_entries(config.target_modules):
+        if any(_matches(entry, path) for path in candidates):
+            continue
+        elsewhere = [path for path, _ in iter_base_modules(model) if path and _matches(entry, path)]
+        shown = entry if isinstance(entry, str) else entry[0]
+        problems.append(
+            f"{shown!r} matches {elsewhere[:3]}{' ...' if len(elsewhere) > 3 else ''}, which it does not adapt"
+            if elsewhere
+            else f"{shown!r} matches no module of {type(model).__name__}"
+        )
+    if problems:
+        raise ValueError(
+            f"target_modules of {type(config).__name__}: " + "; ".join(problems) + ". A name matches a module "
+            'path or its end ("to_q", "attn2.to_k"); a string is a regex over whole paths. Leave target_modules '
+            "unset to adapt everything the method adapts."
+        )
+
+
+def _saved_modules(model: nn.Module, config: MaskedTunerConfig) -> list[str]:
+    """Paths of the modules ``config.modules_to_save`` names, matched as PEFT's ``ModulesToSaveWrapper`` matches them
+    (a path ending with an entry). They are trained and saved whole, so the method adapts nothing inside them.
+
+    Raises:
+        ValueError: naming an entry that matches no module (it would silently train nothing).
+    """
+    if not config.modules_to_save:
+        return []
+    paths = [path for path, _ in iter_base_modules(model) if path]
+    unmatched = [entry for entry in config.modules_to_save if not any(path.endswith(entry) for path in paths)]
+    if unmatched:
+        raise ValueError(
+            f"modules_to_save of {type(config).__name__}: {unmatched} match no module of {type(model).__name__}; "
+            'name modules by their path or its end, e.g. ["conv_out"].'
+        )
+    return [path for path in paths if path.endswith(tuple(config.modules_to_save))]
+
+
+def _adapter_names(layer: BaseTunerLayer) -> list[str]:
+    """The adapters a PEFT layer holds (the keys of its adapter containers)."""
+    names: set[str] = set()
+    for container_name in layer.adapter_layer_names:
+        container = getattr(layer, container_name, None)
+        if isinstance(container, (nn.ModuleDict, nn.ParameterDict, dict)):
+            names.update(container.keys())
+    return sorted(names)
 
 
 def _restore(original: torch.Tensor, current: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
@@ -361,10 +455,16 @@ class MaskedTuner(BaseTuner):
     # -- planning -------------------------------------------------------------------------------------------------
     @classmethod
     def count(cls, model: nn.Module, config: MaskedTunerConfig, plan: AdapterPlan | None = None) -> int:
-        """Parameters that ``config`` trains on ``model`` (from the plan; no weights needed)."""
+        """Parameters that ``config`` trains on ``model`` (from the plan; no weights needed): the method's, and
+        those of the ``modules_to_save``, trained whole."""
         plan = plan if plan is not None else cls.plan(model, config)
         modules = dict(iter_base_modules(model))
-        return sum(
+        saved = {
+            id(parameter): parameter.numel()
+            for path in _saved_modules(model, config)
+            for parameter in modules[path].parameters()
+        }
+        return sum(saved.values()) + sum(
             cls.component_numel(modules[path], component, config)
             for path, components in plan.modules.items()
             for component in components
@@ -373,11 +473,15 @@ class MaskedTuner(BaseTuner):
     @classmethod
     def plan(cls, model: nn.Module, config: MaskedTunerConfig) -> AdapterPlan:
         """Resolve ``config``'s mask on ``model`` into the modules and components to adapt."""
+        candidates = cls.candidates(model, config)
+        _refuse_unmatched_targets(model, config, candidates)
+        trained_whole = _trained_whole(model, config)
         candidates = {
             path: components
-            for path, components in cls.candidates(model, config).items()
+            for path, components in candidates.items()
             if not _matches(config.exclude_modules, path)
             and (config.target_modules is None or _matches(config.target_modules, path))
+            and not any(path == module or path.startswith(module + ".") for module in trained_whole)
         }
         return resolve_plan(model, candidates, config.mask, config.granularity, config.mask_semantics)
 
@@ -397,11 +501,56 @@ class MaskedTuner(BaseTuner):
             peft_config.base_model_name_or_path = (
                 getattr(getattr(model, "config", None), "_name_or_path", None) or None
             )
+        self._refuse_other_methods_layers(model, peft_config, plan)
         peft_config.trainable_parameters = self.count(model, peft_config, plan)
         peft_config.trainable_share = peft_config.trainable_parameters / max(base_parameters, 1)
         self._plans[id(peft_config)] = plan
 
-    def _check_target_module_exists(self, peft_config: PeftConfig, key: str) -> bool:
+    def _refuse_other_methods_layers(self, model: nn.Module, config: MaskedTunerConfig, plan: AdapterPlan) -> None:
+        """Raise, before anything is injected, if a planned module already holds another method's adapter layer.
+
+        Our layers compute adapted parameters from the base layer they wrap, so they must wrap it directly: a LoRA
+        added after our adapter wraps our layer and composes, but our adapter cannot wrap a LoRA's layer; and one
+        module holds adapters of one of our methods only.
+        """
+        layer_class = self.layer_class(config)
+        modules = dict(model.named_modules())
+        taken = {
+            path: modules[path]
+            for path in plan.modules
+            if isinstance(modules.get(path), BaseTunerLayer) and not isinstance(modules[path], layer_class)
+        }
+        if not taken:
+            return
+        method = type(config).__name__.removesuffix("Config")
+        path, layer = next(iter(taken.items()))
+        where = f"{path}{f' (and {len(taken) - 1} more modules)' if len(taken) > 1 else ''}"
+        holder = f"a {type(layer).__module__}.{type(layer).__name__} layer with adapter(s) {_adapter_names(layer)}"
+        if isinstance(layer, MaskedTunerLayer):
+            raise ValueError(
+                f"{where} already holds {holder}; one module cannot hold adapters of two of peft_memcontrol's "
+                f"methods. Unload or delete that adapter before adding the {method} adapter."
+            )
+        raise ValueError(
+            f"{where} already holds {holder}, added before this {method} adapter. {method} layers must wrap the base "
+            f"layer itself: add every {method} adapter first and the LoRA (or other PEFT adapter) after it, which "
+            "then wraps ours and composes with it; or delete the other adapter first (unet.delete_adapters(name), "
+            "or unload_lora_weights() on a pipeline)."
+        )
+
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: PEFT's ``add_weighted_adapter`` combines LoRA factors, which these methods do not have."""
+        method = type(self).__name__.removesuffix("Model")
+        raise NotImplementedError(
+            f"add_weighted_adapter is not implemented for {method} adapters: it combines LoRA's low-rank factors, "
+            f"and a weighted sum of {method} parameters is not the weighted sum of their changes. Use the adapters "
+            "together instead: activate them with set_adapters([...], weights=[...]) (each is applied in turn, its "
+            "change scaled by its weight), or merge them one after another with merge_adapter."
+        )
+
+    def _check_target_module_exists(self, peft_config: PeftConfig, key: str) -> bool | _ExcludedModule:
+        if _matches(peft_config.exclude_modules, key):
+            return _ExcludedModule()  # PEFT warns "no modules were excluded" unless it sees the exclusions
         return key in self._plans[id(peft_config)].modules
 
     def _create_and_replace(
@@ -415,12 +564,7 @@ class MaskedTuner(BaseTuner):
         **kwargs: Any,
     ) -> None:
         components = self._plans[id(peft_config)].modules[current_key]
-        if isinstance(target, MaskedTunerLayer):
-            if not isinstance(target, self.layer_class(peft_config)):
-                raise ValueError(
-                    f"{current_key} already holds a {type(target).__name__} adapter; one module cannot hold "
-                    f"adapters of two methods. Unload the other adapter first."
-                )
+        if isinstance(target, MaskedTunerLayer):  # of this method: `_refuse_other_methods_layers` checked
             target.update_layer(adapter_name, peft_config, components)
             return
         new_module = self.layer_class(peft_config)(target, adapter_name, peft_config, components)
