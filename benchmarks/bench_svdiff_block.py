@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""SVDiff's training step at SD-1.5's real shapes: one 1280-channel transformer block, side by side in one run.
+"""SVDiff's and DiffFit's training step at SD-1.5's real shapes: one 1280-channel transformer block, side by side in one run.
 
 The UNet benchmark (`bench_adapters.py`) trains whole small UNets, where SVDiff's cost looks close to full
 fine-tuning. At SD-1.5's shapes the number of tokens per layer is small (16 x 16 latents in the 1280-channel blocks,
 77 text tokens for cross-attention K/V), and rebuilding ``W = U diag(s') Vh`` in every forward costs more than the
 layer itself. This script measures, on one SD-1.5 ``Transformer2DModel`` (1280 channels, 34.8 M parameters, batch 1,
 16 x 16 tokens), the CPU time of a forward + backward step and the bytes autograd saves for backward, for: the frozen
-block (backward to the inputs only), full fine-tuning, PEFT's LoRA r=4 on every Linear/Conv2d, SVDiff with each
-formulation, and DiffFit. Variants run interleaved, one thread, medians of the repetitions::
+block (backward to the inputs only), full fine-tuning, PEFT's LoRA r=4 on every Linear/Conv2d, and SVDiff and DiffFit
+with each of their formulations. Variants run interleaved, one thread, medians of the repetitions::
 
     python benchmarks/bench_svdiff_block.py --output benchmarks/results/svdiff_block_cpu.md
 """
@@ -26,7 +26,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 import peft_memcontrol as pm
-from peft_memcontrol.tuners import SVDiffLayer
+from peft_memcontrol.tuners import DiffFitLayer, SVDiffLayer
 
 
 def build_block() -> Transformer2DModel:
@@ -56,6 +56,17 @@ def svdiff(formulation: str) -> Callable[[nn.Module], nn.Module]:
     return apply
 
 
+def difffit(formulation: str) -> Callable[[nn.Module], nn.Module]:
+    def apply(block: nn.Module) -> nn.Module:
+        model = get_peft_model(block, pm.DiffFitConfig())
+        for module in model.modules():
+            if isinstance(module, DiffFitLayer):
+                module.formulation = formulation
+        return model
+
+    return apply
+
+
 def full(block: nn.Module) -> nn.Module:
     return block.requires_grad_(True)
 
@@ -72,8 +83,9 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     ),
     "SVDiff rebuild": svdiff("rebuild"),
     "SVDiff factorized": svdiff("factorized"),
-    "SVDiff auto": svdiff("auto"),
-    "DiffFit": lambda block: get_peft_model(block, pm.DiffFitConfig()),
+    "SVDiff auto (default)": svdiff("auto"),
+    "DiffFit rebuild": difffit("rebuild"),
+    "DiffFit output (default)": difffit("output"),
 }
 
 
@@ -134,7 +146,7 @@ def main() -> None:
     factors = {name: pm.spectral_factor_bytes(model) for name, model in models.items()}
 
     lines = [
-        "# SVDiff at SD-1.5 shapes: one 1280-channel transformer block",
+        "# SVDiff and DiffFit at SD-1.5 shapes: one 1280-channel transformer block",
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {platform.platform()}, torch {torch.__version__}, 1 thread, CPU time (`time.process_time`)",

@@ -35,7 +35,9 @@ from .search import (
     SearchConfig,
     SerialExecutor,
     SyntheticMaskProblem,
+    UnsatisfiableConstraintError,
 )
+from .search.config import SURROGATES
 from .search.genome import default_learning_rate_bounds
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
 from .search.journal import JournalError
@@ -215,6 +217,30 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     search = parser.add_argument_group("search")
     search.add_argument("--population_size", type=int, default=20, help="Masks in each NSGA-II generation.")
     search.add_argument("--generations", type=int, default=10, help="NSGA-II generations after the first.")
+    search.add_argument(
+        "--max_evaluations",
+        type=int,
+        default=None,
+        help="Stop after this many evaluations (each is a fine-tuning run; cache hits are free). None: --generations "
+        "alone decides. May grow when a search is resumed.",
+    )
+    search.add_argument(
+        "--surrogate",
+        choices=SURROGATES,
+        default="gp",
+        help="gp: a Gaussian process fitted on the evaluations so far screens --surrogate_pool times more offspring "
+        "and only the most promising are trained; none: plain NSGA-II.",
+    )
+    search.add_argument(
+        "--surrogate_pool", type=int, default=20, help="Candidate offspring screened per offspring trained (gp)."
+    )
+    search.add_argument(
+        "--learning_rate_tolerance",
+        type=float,
+        default=0.025,
+        help="A learning rate within this relative distance of one already trained for the same mask counts as that "
+        "candidate (drawn again instead of trained).",
+    )
     search.add_argument(
         "--num_offspring", type=int, default=None, help="Children per generation. None: the population size."
     )
@@ -513,6 +539,10 @@ def run_search(args: argparse.Namespace) -> int:
         mutation_probability=args.mutation_probability,
         fidelities=tuple(args.fidelities),
         promote_fraction=args.promote_fraction,
+        max_evaluations=args.max_evaluations,
+        learning_rate_tolerance=args.learning_rate_tolerance,
+        surrogate=args.surrogate,
+        surrogate_pool=args.surrogate_pool,
         seed=args.seed,
     )
     searcher = MaskSearcher(
@@ -527,7 +557,8 @@ def run_search(args: argparse.Namespace) -> int:
     )
     try:
         result = searcher.run(resume=not args.no_resume)
-    except (JournalError, FileExistsError, SearchFolderBusyError) as error:  # the message says why and the way out
+    except (JournalError, FileExistsError, SearchFolderBusyError, UnsatisfiableConstraintError) as error:
+        # the message says why and the way out
         print(f"memcontrol search: error: {error}", file=sys.stderr)
         return 2
     paths = write_search_outputs(result, args.output_dir, args.max_quality, args.max_memorization)

@@ -316,10 +316,11 @@ def cli_search(folder, *extra) -> list[str]:
     ]
 
 
-def test_cli_exits_non_zero_when_no_candidate_satisfies_the_share_constraint(tmp_path, capsys):
-    assert main(cli_search(tmp_path, "--max_trainable_share", "-1")) == 1
+def test_cli_refuses_a_share_constraint_no_mask_can_meet_before_training(tmp_path, capsys):
+    assert main(cli_search(tmp_path, "--max_trainable_share", "-1")) == 2
     error = capsys.readouterr().err
-    assert "No candidate satisfies the search's constraint" in error and "2 infeasible" in error
+    assert "smallest achievable share is" in error and "--max_trainable_share" in error
+    assert not (tmp_path / "journal.jsonl").exists()  # refused before anything was evaluated
 
 
 def test_cli_exits_non_zero_when_every_candidate_failed(tmp_path, capsys):

@@ -25,8 +25,14 @@ from .journal import Journal, atomic_write_json
 from .lock import SearchFolderBusyError
 from .pareto import best_within, dominates, hypervolume, knee_point, non_dominated_indices
 from .result import FrontPoint, SearchResult
-from .searcher import MaskSearcher
-from .synthetic import SyntheticMaskProblem
+from .searcher import MaskSearcher, UnsatisfiableConstraintError
+from .synthetic import (
+    ClosedFormProblem,
+    DeceptiveMaskProblem,
+    KnapsackMaskProblem,
+    SyntheticMaskProblem,
+    true_front,
+)
 
 
 __all__ = [
@@ -52,6 +58,11 @@ __all__ = [
     "SearchResult",
     "SerialExecutor",
     "SyntheticMaskProblem",
+    "ClosedFormProblem",
+    "DeceptiveMaskProblem",
+    "KnapsackMaskProblem",
+    "UnsatisfiableConstraintError",
+    "true_front",
     "TrainableShareConstraint",
     "atomic_write_json",
     "best_within",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .config import SearchConfig
@@ -29,11 +29,9 @@ CHECKPOINT_FORMAT = "peft-memcontrol-search/1"
 
 
 def search_settings(space: GenomeSpace, objectives: Sequence[str], config: SearchConfig) -> dict[str, Any]:
-    """What must not change between a search and its resumption (``generations`` may grow)."""
-    settings = asdict(config)
-    settings.pop("generations")
-    settings["fidelities"] = list(settings["fidelities"])
-    return {"space": space.to_dict(), "objectives": list(objectives), "config": settings}
+    """What must not change between a search and its resumption (`SearchConfig.settings`: ``generations`` and
+    ``max_evaluations`` may grow)."""
+    return {"space": space.to_dict(), "objectives": list(objectives), "config": config.settings()}
 
 
 def _rng_to_json(rng: random.Random) -> list[Any]:

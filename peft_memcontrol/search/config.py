@@ -1,8 +1,21 @@
-"""`SearchConfig`: the settings of the outer loop (population, variation rates, fidelities, seed)."""
+"""`SearchConfig`: the settings of the outer loop (population, variation rates, fidelities, surrogate, seed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+SURROGATES = ("none", "gp")
+"""`SearchConfig.surrogate` modes: plain NSGA-II, or offspring screened by a Gaussian process
+(`peft_memcontrol.search.surrogate`)."""
+
+RESUMABLE_FIELDS = ("generations", "max_evaluations")
+"""Fields a resumed search may change: they say how long the search runs, not what it does."""
+
+LATER_FIELDS = ("learning_rate_tolerance", "surrogate", "surrogate_pool")
+"""Fields added after journals were first written: left out of `SearchConfig.settings` while at their default, so
+that the journal and checkpoint of an older search (which lack them) still compare equal and resume."""
 
 
 @dataclass
@@ -22,6 +35,16 @@ class SearchConfig:
         fidelities: increasing budget fractions ending at 1.0; ``(1.0,)`` is plain NSGA-II, ``(0.25, 1.0)`` trains
             every offspring on a quarter of the budget and promotes the best to the full one.
         promote_fraction: share of the candidates promoted from one fidelity to the next.
+        max_evaluations: stop once this many evaluations have run (cache hits and infeasible candidates are free);
+            the last generation gets only as many offspring as evaluations remain. ``None``: ``generations`` alone
+            decides. The number a user can afford (each evaluation is a fine-tuning run) is the natural knob.
+        learning_rate_tolerance: learning rates within this relative distance (``|lr / lr' - 1|``; 0.025 = 2.5%) of
+            an evaluated one for the same mask count as that candidate: such an offspring is drawn again instead of
+            trained (0: only equal genes are the same candidate).
+        surrogate: ``"gp"`` (default) screens many offspring with a Gaussian process fitted on the evaluations so far
+            and sends only the most promising to the evaluator (`peft_memcontrol.search.surrogate`), once there are
+            at least one successful evaluation per gene (`MIN_RECORDS_PER_GENE`); ``"none"``: plain NSGA-II.
+        surrogate_pool: candidate offspring screened per offspring dispatched (with ``surrogate="gp"``).
         seed: seeds the search's private random generator (DEAP's operators draw from it).
         reference_point: hypervolume reference point; default: the worst value of each objective in the first
             population plus 10% of its range, fixed for the rest of the search.
@@ -37,6 +60,10 @@ class SearchConfig:
     mutation_eta: float = 20.0
     fidelities: tuple[float, ...] = (1.0,)
     promote_fraction: float = 0.5
+    max_evaluations: int | None = None
+    learning_rate_tolerance: float = 0.025
+    surrogate: str = "gp"
+    surrogate_pool: int = 20
     seed: int = 0
     reference_point: list[float] | None = None
 
@@ -52,8 +79,29 @@ class SearchConfig:
             raise ValueError("fidelities must be positive.")
         if not 0 < self.promote_fraction <= 1:
             raise ValueError(f"promote_fraction must be in (0, 1], got {self.promote_fraction}.")
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            raise ValueError(f"max_evaluations must be at least 1 (or None), got {self.max_evaluations}.")
+        if self.learning_rate_tolerance < 0:
+            raise ValueError(f"learning_rate_tolerance must be >= 0, got {self.learning_rate_tolerance}.")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}.")
+        if self.surrogate_pool < 1:
+            raise ValueError(f"surrogate_pool must be at least 1, got {self.surrogate_pool}.")
 
     @property
     def offspring(self) -> int:
         """Offspring per generation: ``num_offspring``, or ``population_size`` when unset."""
         return self.num_offspring or self.population_size
+
+    def settings(self) -> dict[str, Any]:
+        """What must not change between a search and its resumption, as JSON data: every field but
+        `RESUMABLE_FIELDS`, and `LATER_FIELDS` only when they differ from their default."""
+        settings = asdict(self)
+        for name in RESUMABLE_FIELDS:
+            settings.pop(name)
+        defaults = {field.name: field.default for field in fields(self)}
+        for name in LATER_FIELDS:
+            if settings[name] == defaults[name]:
+                settings.pop(name)
+        settings["fidelities"] = list(settings["fidelities"])
+        return settings

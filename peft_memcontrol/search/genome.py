@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,6 +232,24 @@ class GenomeSpace:
             genes.append(self.default_learning_rate_gene() if log_learning_rate is None else log_learning_rate)
         return self.canonical(genes)
 
+    def cheapest(self, cost: Callable[[Candidate], float]) -> Genome:
+        """The genome that minimizes a cost that adds up over units (e.g. a trainable share), at the default learning
+        rate: each unit gene set to the value that costs least when it alone differs from all-off (zeros).
+
+        ``cost`` is called ``1 + num_unit_genes * unit_gene_max`` times, so it may be exact and slow-ish.
+        """
+        zeros = [0] * self.num_unit_genes
+        base = cost(self.decode(self.genome_from_bits(zeros)))
+        genes = []
+        for index in range(self.num_unit_genes):
+            extra = [0.0]
+            for value in range(1, self.unit_gene_max + 1):
+                single = list(zeros)
+                single[index] = value
+                extra.append(cost(self.decode(self.genome_from_bits(single))) - base)
+            genes.append(min(range(len(extra)), key=extra.__getitem__))
+        return self.genome_from_bits(genes)
+
     # ------------------------------------------------------------------ decoding
     def decode(self, genome: Sequence[float]) -> Candidate:
         """Genome -> `Candidate` (masks per method, learning rate)."""
@@ -311,3 +329,33 @@ class GenomeSpace:
             learning_rate_bounds=tuple(bounds) if bounds else None,
             choices=tuple(choices) if choices else None,
         )
+
+
+class GenomeIndex:
+    """Genomes seen so far, to tell whether another one is new.
+
+    Two genomes are the same candidate when their unit genes are equal and their learning rates are within a relative
+    ``learning_rate_tolerance`` of each other (``|lr / lr' - 1| <= tolerance``, compared on the ``log10`` gene): a
+    fine-tuning at 1.02e-4 tells nothing that the one at 1e-4 did not.
+    """
+
+    def __init__(self, space: GenomeSpace, learning_rate_tolerance: float = 0.0) -> None:
+        self.space = space
+        self._log_tolerance = math.log10(1.0 + learning_rate_tolerance) + 1e-9  # + the float error of rounded genes
+        self._learning_rates: dict[tuple[int, ...], list[float]] = {}
+
+    def _split(self, genome: Sequence[float]) -> tuple[tuple[int, ...], float | None]:
+        genes = self.space.canonical(genome)
+        units = tuple(int(gene) for gene in genes[: self.space.num_unit_genes])
+        return units, genes[-1] if self.space.has_learning_rate else None
+
+    def __contains__(self, genome: Sequence[float]) -> bool:
+        units, learning_rate = self._split(genome)
+        seen = self._learning_rates.get(units)
+        if seen is None:
+            return False
+        return learning_rate is None or any(abs(learning_rate - other) <= self._log_tolerance for other in seen)
+
+    def add(self, genome: Sequence[float]) -> None:
+        units, learning_rate = self._split(genome)
+        self._learning_rates.setdefault(units, []).append(0.0 if learning_rate is None else learning_rate)

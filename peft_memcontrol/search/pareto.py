@@ -22,6 +22,8 @@ def non_dominated_indices(points: Sequence[Sequence[float]]) -> list[int]:
     values = np.asarray(points, dtype=float)
     if values.size == 0:
         return []
+    if values.shape[1] == 2 and np.isfinite(values).all():
+        return _non_dominated_2d(values)
     kept: list[int] = []
     for index, point in enumerate(values):
         no_better = np.all(values <= point, axis=1)
@@ -32,6 +34,15 @@ def non_dominated_indices(points: Sequence[Sequence[float]]) -> list[int]:
             continue
         kept.append(index)
     return kept
+
+
+def _non_dominated_2d(values: np.ndarray) -> list[int]:
+    """`non_dominated_indices` of finite two-objective points in O(n log n): sorted by the first objective (then the
+    second, then the index), a point is non-dominated when its second objective beats every earlier point's."""
+    order = np.lexsort((np.arange(len(values)), values[:, 1], values[:, 0]))
+    second = values[order, 1]
+    best_before = np.concatenate([[np.inf], np.minimum.accumulate(second)[:-1]])
+    return sorted(order[second < best_before].tolist())
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference_point: Sequence[float]) -> float:
@@ -68,24 +79,25 @@ def knee_point(points: Sequence[Sequence[float]]) -> int:
     """Index of the knee of a front: the best trade-off, where improving one objective starts to cost much more.
 
     With two objectives (normalized to [0, 1] over the front) it is the point farthest from the line through the
-    two extreme points (the classic definition); with more, the point closest to the ideal point (every
-    objective at its minimum over the front).
+    two extreme points on the side of the ideal point (every objective at its minimum over the front): the classic
+    definition, with the distance signed so that a concave stretch, which bulges away from the ideal point, is never
+    taken for the knee. When no point lies on the ideal side (a concave or straight front), and with more than two
+    objectives, it is the point closest to the ideal point.
     """
     values = np.asarray(points, dtype=float)
     if len(values) == 0:
         raise ValueError("The front is empty.")
-    if len(values) <= 2:
-        return int(np.argmin(_normalized(values).sum(axis=1)))
     normalized = _normalized(values)
-    if values.shape[1] == 2:
+    if len(values) > 2 and values.shape[1] == 2:
         first, last = normalized[np.argmin(normalized[:, 0])], normalized[np.argmin(normalized[:, 1])]
         direction = last - first
         length = np.linalg.norm(direction)
-        if length == 0:
-            return 0
-        offset = normalized - first
-        distance = np.abs(offset[:, 0] * direction[1] - offset[:, 1] * direction[0]) / length
-        return int(np.argmax(distance))
+        if length > 0:
+            offset = normalized - first
+            # Positive on the ideal point's side: first = (0, 1) and last = (1, 0) after normalization.
+            distance = (offset[:, 0] * direction[1] - offset[:, 1] * direction[0]) / length
+            if distance.max() > 0:
+                return int(np.argmax(distance))
     return int(np.argmin(np.linalg.norm(normalized, axis=1)))
 
 

@@ -7,6 +7,12 @@ resets, for the unit genes; simulated binary crossover and polynomial mutation f
 all registered on the searcher's DEAP toolbox.
 
 * **No genome is evaluated twice**: results are cached by (genome, budget); the cache is rebuilt from the journal.
+  Offspring equal to a genome evaluated before, or to another offspring of their generation, are drawn again before
+  they are dispatched (up to `REDRAW_ROUNDS` rounds of variation), so that a generation trains new candidates only;
+  a learning rate within ``learning_rate_tolerance`` of an evaluated one for the same mask counts as equal.
+* **Few evaluations**: with ``surrogate="gp"`` (the default) a Gaussian process fitted on the evaluations so far
+  screens many candidate offspring and only the most promising are trained (`peft_memcontrol.search.surrogate`);
+  ``max_evaluations`` stops the search at the number of fine-tuning runs a user can afford.
 * **Never lose work**: each finished evaluation is appended to ``journal.jsonl`` and each generation written to
   ``checkpoint.json`` (JSON, atomic). A killed search resumes where it stopped; serial runs resume to exactly the
   front an uninterrupted run reaches, because the random state is checkpointed and evaluations are deterministic.
@@ -44,18 +50,27 @@ from .candidate_run import WORST_VALUE, Evaluator
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, search_settings
 from .config import SearchConfig
 from .executors import TRANSIENT, get_executor
-from .genome import Candidate, Genome, GenomeSpace
+from .genome import Candidate, Genome, GenomeIndex, GenomeSpace
 from .journal import JOURNAL_NAME, Journal, JournalError, jsonable
 from .lock import search_folder_lock
 from .operators import Individual, as_individuals, fitness_class, make_toolbox, private_random
 from .pareto import default_reference_point, hypervolume, non_dominated_indices
 from .result import FrontPoint, SearchResult
+from .surrogate import can_screen, choose_offspring
 
 
 logger = logging.getLogger(__name__)
 
+REDRAW_ROUNDS = 10
+"""Rounds of variation a generation may draw (times ``surrogate_pool`` when screening) to find offspring that are new
+candidates; when they run out, the generation dispatches the new ones it found."""
+
 RETRY_FAILED = ("transient", "all", "none")
 """Which failed evaluations (``status`` ``"error"``) a resumed search runs again (`MaskSearcher`'s ``retry_failed``)."""
+
+
+class UnsatisfiableConstraintError(ValueError):
+    """No genome of the search's space meets its constraint (raised before the first evaluation)."""
 
 
 class MaskSearcher:
@@ -324,7 +339,8 @@ class MaskSearcher:
             return self.toolbox.select(individuals, k)
 
     def _vary(self, population: list[Individual]) -> list[Genome]:
-        """Offspring genomes: the toolbox's parent tournaments, then its crossover and mutation (DEAP's ``varAnd``)."""
+        """One round of offspring genomes: the toolbox's parent tournaments, then its crossover and mutation (DEAP's
+        ``varAnd``)."""
         config = self.config
         count = config.offspring + config.offspring % 2  # crossover takes the parents in pairs
         with private_random(self.rng):
@@ -334,18 +350,83 @@ class MaskSearcher:
             )
         return [self.space.canonical(child) for child in offspring[: config.offspring]]
 
+    def _offspring(self, population: list[Individual], generation: int) -> list[Genome]:
+        """This generation's offspring, new candidates only: none equal to a genome evaluated in an earlier generation
+        or to another offspring (learning rates within ``learning_rate_tolerance`` count as equal). With a surrogate
+        and enough evaluations, ``surrogate_pool`` times more are drawn and the most promising kept.
+
+        Reads only the records of earlier generations, in key order: a resumed search draws the same offspring."""
+        count = self._offspring_count(generation)
+        earlier = sorted(
+            (record for record in self.cache.values() if record["generation"] < generation),
+            key=lambda record: (record["key"], float(record["budget"])),
+        )
+        seen = GenomeIndex(self.space, self.config.learning_rate_tolerance)
+        for record in earlier:
+            seen.add(record["genome"])
+        training = [record for record in earlier if record["status"] == "ok" and float(record["budget"]) == 1.0]
+        screen = self.config.surrogate != "none" and can_screen(self.space, len(training))
+        pool = self.config.surrogate_pool if screen else 1
+        children: list[Genome] = []
+        for _ in range(REDRAW_ROUNDS * pool):
+            for child in self._vary(population):
+                if child not in seen and len(children) < count * pool:
+                    seen.add(child)
+                    children.append(child)
+            if len(children) == count * pool:
+                break
+        if screen:
+            genomes, values = [r["genome"] for r in training], [r["values"] for r in training]
+            chosen = choose_offspring(self.space, genomes, values, children, count, self.rng)
+            children = [children[index] for index in chosen]
+        return children
+
+    def _offspring_count(self, generation: int) -> int:
+        """Offspring per generation, or fewer in the generation that reaches ``max_evaluations``."""
+        if self.config.max_evaluations is None:
+            return self.config.offspring
+        return min(self.config.offspring, self._evaluations_left(generation))
+
+    def _evaluations_left(self, generation: int) -> int | float:
+        """Evaluations ``max_evaluations`` leaves after the generations before ``generation`` (infinite without)."""
+        if self.config.max_evaluations is None:
+            return math.inf
+        return max(0, self.config.max_evaluations - self._spent(generation - 1)["evaluations"])
+
     def _initial_population(self) -> list[Genome]:
-        """Seeded masks (all on, all off, reference-style), then distinct random genomes up to the population size."""
-        genomes = self.space.seed_genomes()[: self.config.population_size]
-        keys = {self.space.key(genome) for genome in genomes}
+        """Seeded masks (all on, all off, reference-style), then distinct random genomes up to the population size
+        (or ``max_evaluations``, when smaller)."""
+        size = min(self.config.population_size, self._evaluations_left(0))
+        genomes = self.space.seed_genomes()[:size]
+        seen = GenomeIndex(self.space, self.config.learning_rate_tolerance)
+        for genome in genomes:
+            seen.add(genome)
         attempts = 0
-        while len(genomes) < self.config.population_size and attempts < 100 * self.config.population_size:
+        while len(genomes) < size and attempts < 100 * self.config.population_size:
             genome = self.space.random_genome(self.rng)
             attempts += 1
-            if self.space.key(genome) not in keys:
-                keys.add(self.space.key(genome))
+            if genome not in seen:
+                seen.add(genome)
                 genomes.append(genome)
         return genomes
+
+    def _check_constraint_can_be_met(self) -> None:
+        """Refuse, before the first evaluation, a share constraint that no genome meets, naming the smallest share.
+
+        Applies to constraints with a ``share(candidate)`` method and a ``max_share`` (`TrainableShareConstraint`): a
+        trainable share adds up over units, so the genome of least share is found unit by unit
+        (`GenomeSpace.cheapest`) and the constraint is asked about it."""
+        share = getattr(self.constraint, "share", None)
+        max_share = getattr(self.constraint, "max_share", None)
+        if share is None or max_share is None:
+            return
+        cheapest = self.space.decode(self.space.cheapest(share))
+        if not self.constraint(cheapest):
+            raise UnsatisfiableConstraintError(
+                f"No mask of this genome meets the trainable-share constraint (max_share={max_share:g}): the smallest "
+                f"achievable share is {share(cheapest):.6g} (unit genes {cheapest.bits}). Allow at least that share "
+                "(--max_trainable_share), or search other units (a genome without the fixed units, another method)."
+            )
 
     def _promote(self, genomes: list[Genome], journal: Journal | None, generation: int) -> list[Genome]:
         """Successive halving over ``genomes``: evaluate at each fidelity, keep the best share for the next one."""
@@ -385,6 +466,8 @@ class MaskSearcher:
 
     def _run(self, resume: bool) -> SearchResult:
         self._reset_state()
+        if self.constraint is not None:
+            self._check_constraint_can_be_met()  # before the journal: a refused search leaves no files behind
         journal = None
         if self.output_dir is not None:
             if not resume and os.path.exists(self._path(JOURNAL_NAME)):
@@ -405,9 +488,11 @@ class MaskSearcher:
                 self._end_generation(0)
                 bar.update(1)
             for generation in range(self.generation + 1, total):
+                if not self._evaluations_left(generation):
+                    break
                 individuals = self._individuals(self.population, self._records(self.population))
                 self._select(individuals, len(individuals))  # assigns the crowding distances the tournaments read
-                offspring = self._vary(individuals)
+                offspring = self._offspring(individuals, generation)
                 offspring = self._promote(offspring, journal, generation)
                 self._evaluate(offspring, 1.0, journal, generation, len(self.config.fidelities) - 1)
                 present = {self.space.key(g) for g in self.population}

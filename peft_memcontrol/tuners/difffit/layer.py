@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
 
 from ..base import MaskedTunerConfig, MaskedTunerLayer
 
@@ -10,7 +13,15 @@ class DiffFitLayer(MaskedTunerLayer):
 
     For a layer computing ``y = W x + b``: ``y' = g * (W x + b + db)`` with ``g = gamma * residual_gamma``, which
     merges exactly as ``W <- g W``, ``b <- g (b + db)``. A norm layer gets ``w + dw`` and ``b + db``.
+
+    A ``Linear`` or ``Conv2d`` applies the change to its output (``formulation = "output"``, the default): the frozen
+    layer runs as it is and its output is shifted and scaled per channel, so no scaled copy of the weight is formed
+    and kept for backward, and the gradient of ``g`` needs no weight-sized product (about the cost of the frozen layer
+    instead of a full fine-tuning step's). ``"rebuild"`` forms the scaled weight instead; both give the same outputs
+    and gradients to float32 rounding.
     """
+
+    formulation: str = "output"
 
     adapter_layer_names = (
         "mc_difffit_gamma",
@@ -39,6 +50,29 @@ class DiffFitLayer(MaskedTunerLayer):
             self._new_parameter(
                 "mc_difffit_norm_weight", adapter_name, 0.1 * torch.randn(size) if random else torch.zeros(size)
             )
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        base = self.get_base_layer()
+        if self.formulation not in ("output", "rebuild"):
+            raise ValueError(f"Unknown DiffFit formulation {self.formulation!r}; use 'output' or 'rebuild'.")
+        linear_or_conv = isinstance(base, (nn.Linear, nn.Conv2d))
+        if self.disable_adapters or self.merged or not linear_or_conv or self.formulation == "rebuild":
+            return super().forward(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.mc_components]
+        output = self.base_layer(x, *args, **kwargs)
+        channels = (-1,) if isinstance(base, nn.Linear) else (-1, 1, 1)
+        for name in active:  # in order, as `apply_adapter` composes them
+            scale = self.mc_scale[name]
+            if name in self.mc_difffit_bias:
+                output = output + (scale * self.mc_difffit_bias[name]).to(output.dtype).reshape(channels)
+            gain = None
+            for container in (self.mc_difffit_gamma, self.mc_difffit_residual_gamma):
+                if name in container:
+                    factor = 1.0 + scale * (container[name] - 1.0)
+                    gain = factor if gain is None else gain * factor
+            if gain is not None:
+                output = output * gain.to(output.dtype).reshape(channels)
+        return output
 
     def apply_adapter(
         self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
