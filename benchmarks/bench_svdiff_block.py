@@ -155,6 +155,8 @@ def main() -> None:
         f"tokens; step = forward + backward; median of {args.repetitions} interleaved repetitions",
         "- saved for backward: distinct tensors autograd keeps between forward and backward (parameters, buffers and "
         "SVD factors excluded: they are resident anyway; the factors have their own column)",
+        "- set-up: CPU time of applying the method; the first SVDiff variant decomposes the weights, the later ones "
+        "find the same weights' factors in the shared index",
         "",
         "| variant | step s | vs frozen | vs full | vs LoRA r=4 | saved for backward MiB | vs full | SVD factors MiB "
         "| set-up s |",
