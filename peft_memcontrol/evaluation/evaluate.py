@@ -167,6 +167,7 @@ def evaluate_model(
         generator=torch.Generator(pipeline.device).manual_seed(settings.seed),
         height=settings.image_size,
         width=settings.image_size,
+        progress=progress,
     )
     records = [
         {

@@ -205,6 +205,7 @@ def noise_norm_score(
     generator: torch.Generator | None = None,
     height: int | None = None,
     width: int | None = None,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Wen et al.'s per-prompt memorization score from a Stable-Diffusion-style pipeline: for each prompt, the
     noise norm averaged over the first ``num_steps`` of ``num_inference_steps`` sampling steps and over
@@ -212,6 +213,7 @@ def noise_norm_score(
 
     ``height`` and ``width`` are the image size in pixels, as in the pipeline's call (default: the UNet's native
     size); score a model at the size it was fine-tuned and generates at (e.g. 224 for the paper's SD-1.5 runs).
+    ``progress`` shows a bar per prompt.
     """
     # a scheduler of our own: set_timesteps below must not change the pipeline's
     unet, scheduler = pipeline.unet, copy.deepcopy(pipeline.scheduler)
@@ -223,7 +225,7 @@ def noise_norm_score(
         raise ValueError(f"height and width must be multiples of the VAE's factor {scale}, got {height} x {width}.")
     channels, latent_size = unet.config.in_channels, (height // scale, width // scale)
     scores = []
-    for prompt in tqdm(prompts, desc="Noise-norm score", unit="prompt"):
+    for prompt in tqdm(prompts, desc="Noise-norm score", unit="prompt", disable=not progress):
         text_embeddings, uncond_embeddings = pipeline.encode_prompt(
             prompt, device, num_generations, do_classifier_free_guidance=True
         )
