@@ -37,7 +37,7 @@ from .search import (
     SyntheticMaskProblem,
     UnsatisfiableConstraintError,
 )
-from .search.config import SURROGATES
+from .search.config import SURROGATES, default_population_size
 from .search.genome import default_learning_rate_bounds
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
 from .search.journal import JournalError
@@ -215,7 +215,13 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     )
 
     search = parser.add_argument_group("search")
-    search.add_argument("--population_size", type=int, default=20, help="Masks in each NSGA-II generation.")
+    search.add_argument(
+        "--population_size",
+        type=int,
+        default=None,
+        help="Masks in each NSGA-II generation. None: 10 when --max_evaluations is at most 100, else 20 (measured in "
+        "benchmarks/results/search_efficiency.md).",
+    )
     search.add_argument("--generations", type=int, default=10, help="NSGA-II generations after the first.")
     search.add_argument(
         "--max_evaluations",
@@ -532,7 +538,9 @@ def run_search(args: argparse.Namespace) -> int:
     search running in it)."""
     space, evaluator, constraint = _search_setup(args)
     config = SearchConfig(
-        population_size=args.population_size,
+        population_size=(
+            args.population_size if args.population_size is not None else default_population_size(args.max_evaluations)
+        ),
         generations=args.generations,
         num_offspring=args.num_offspring,
         crossover_probability=args.crossover_probability,
