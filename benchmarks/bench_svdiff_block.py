@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
 import peft_memcontrol as pm
@@ -45,22 +45,13 @@ def linear_and_conv_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
 
 
-def svdiff(formulation: str) -> Callable[[nn.Module], nn.Module]:
+def with_formulation(config: PeftConfig, layer_class: type, formulation: str) -> Callable[[nn.Module], nn.Module]:
+    """Apply ``config`` and set every ``layer_class`` layer's ``formulation``."""
+
     def apply(block: nn.Module) -> nn.Module:
-        model = get_peft_model(block, pm.SVDiffConfig())
+        model = get_peft_model(block, config)
         for module in model.modules():
-            if isinstance(module, SVDiffLayer):
-                module.formulation = formulation
-        return model
-
-    return apply
-
-
-def difffit(formulation: str) -> Callable[[nn.Module], nn.Module]:
-    def apply(block: nn.Module) -> nn.Module:
-        model = get_peft_model(block, pm.DiffFitConfig())
-        for module in model.modules():
-            if isinstance(module, DiffFitLayer):
+            if isinstance(module, layer_class):
                 module.formulation = formulation
         return model
 
@@ -81,11 +72,11 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "LoRA r=4": lambda block: get_peft_model(
         block, LoraConfig(r=4, lora_alpha=4, target_modules=linear_and_conv_names(block))
     ),
-    "SVDiff rebuild": svdiff("rebuild"),
-    "SVDiff factorized": svdiff("factorized"),
-    "SVDiff auto (default)": svdiff("auto"),
-    "DiffFit rebuild": difffit("rebuild"),
-    "DiffFit output (default)": difffit("output"),
+    "SVDiff rebuild": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "rebuild"),
+    "SVDiff factorized": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "factorized"),
+    "SVDiff auto (default)": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "auto"),
+    "DiffFit rebuild": with_formulation(pm.DiffFitConfig(), DiffFitLayer, "rebuild"),
+    "DiffFit output (default)": with_formulation(pm.DiffFitConfig(), DiffFitLayer, "output"),
 }
 
 

@@ -15,16 +15,11 @@ from torch import nn
 from peft_memcontrol import SVDiffConfig
 from peft_memcontrol.tuners import SVDiffLayer
 
+from helpers.formulations import assert_same_step, outputs_and_gradients
 from helpers.models import build_sd15_unet, run, sd15_inputs
 
 
 FORMULATIONS = ("rebuild", "factorized", "auto")
-
-
-def _set_formulation(model: nn.Module, formulation: str) -> None:
-    for module in model.modules():
-        if isinstance(module, SVDiffLayer):
-            module.formulation = formulation
 
 
 def _layer(module: nn.Module, init_weights: bool = False) -> SVDiffLayer:
@@ -72,33 +67,15 @@ def test_auto_takes_the_factorized_route_where_tokens_are_few():
     assert layer._takes_factorized_route(torch.zeros(2, 319, 1280))
 
 
-def _outputs_and_gradients(formulation: str, adapters: tuple[str, ...]) -> tuple[torch.Tensor, dict]:
-    torch.manual_seed(1)
-    model = get_peft_model(build_sd15_unet(), SVDiffConfig(init_weights=False), adapter_name=adapters[0])
-    for name in adapters[1:]:
-        model.add_adapter(name, SVDiffConfig(init_weights=False))
-    model.base_model.set_adapter(list(adapters))
-    if len(adapters) > 1:
-        model.base_model.model.set_adapters(list(adapters), weights=[0.7, -0.4][: len(adapters)])
-    _set_formulation(model, formulation)
-    model.train()
-    output = model(**sd15_inputs()).sample
-    output.pow(2).mean().backward()
-    gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-    return output.detach(), gradients
+def _svdiff() -> SVDiffConfig:
+    return SVDiffConfig(init_weights=False)
 
 
 @pytest.mark.parametrize("adapters", [("default",), ("a", "b")], ids=["one-adapter", "two-weighted"])
 def test_unet_outputs_and_gradients_agree_across_routes(adapters):
-    expected_output, expected_gradients = _outputs_and_gradients("rebuild", adapters)
-    assert expected_gradients
+    expected = outputs_and_gradients(_svdiff, SVDiffLayer, "rebuild", adapters)
     for formulation in ("factorized", "auto"):
-        output, gradients = _outputs_and_gradients(formulation, adapters)
-        torch.testing.assert_close(output, expected_output, rtol=0, atol=1e-5)
-        assert gradients.keys() == expected_gradients.keys()
-        for name, gradient in gradients.items():
-            scale = expected_gradients[name].abs().max().item()
-            torch.testing.assert_close(gradient, expected_gradients[name], rtol=0, atol=1e-4 * scale + 1e-8, msg=name)
+        assert_same_step(outputs_and_gradients(_svdiff, SVDiffLayer, formulation, adapters), expected)
 
 
 def test_auto_uses_both_routes_on_the_tiny_unet():
