@@ -65,6 +65,7 @@ from safetensors.torch import save_file
 
 from peft_memcontrol import load_adapter
 from peft_memcontrol.evaluation import (
+    EVALUATION_COLUMNS,
     EvaluationData,
     EvaluationSettings,
     ModelScores,
@@ -85,19 +86,6 @@ from peft_memcontrol.tiny_sd import tiny_pipeline_path
 
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-#: (key of the results, header, format) of the markdown table.
-TABLE_COLUMNS = [
-    ("method", "model", "{}"),
-    ("fid", "FID ↓", "{:.2f}"),
-    ("mifid", "MiFID ↓", "{:.2f}"),
-    ("amd", "AMD ↑", "{:.4f}"),
-    ("extracted", "extracted ↓", "{:d}"),
-    ("flagged", "flagged ↓", "{:d}"),
-    ("replication", "replication ↓", "{:.2f}"),
-    ("replication_p95", "replication p95 ↓", "{:.3f}"),
-    ("noise_norm", "noise norm ↓", "{:.4f}"),
-]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -380,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["generations"] = save_generations(scores, args.output_dir)
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
-    table = markdown_table([{"method": label, **values}], TABLE_COLUMNS)
+    table = markdown_table([{"method": label, **values}], EVALUATION_COLUMNS)
     report = [table, verdict, "", *plan_lines, "", "Calibration:", *(f"- {line}" for line in calibration.describe())]
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(report) + "\n")

@@ -1,5 +1,5 @@
-"""The ``memcontrol`` command. Subcommands register themselves in `SUBCOMMANDS` (``search`` here; more can be added
-with their own ``add_<name>_parser`` function).
+"""The ``memcontrol`` command. Subcommands register themselves in `SUBCOMMANDS` (``search``, ``demo`` and ``report``
+here; more can be added with their own ``add_<name>_parser`` function).
 
     memcontrol search --train_data_dir faces --test_data_dir faces-test --objectives copy_similarity kid \\
         --population_size 20 --generations 10 --max_train_steps 100 --output_dir search-out
@@ -25,6 +25,7 @@ from diffusers import UNet2DConditionModel
 from .counting import meta_unet
 from .demo import runner as demo_runner
 from .demo.config import DemoConfig
+from .evaluation import RunComparisonError, combined_report, load_run
 from .metrics.features import DEFAULT_FEATURE, TRANSFORMERS_ALIASES
 from .sample_data import build_faces_dataset
 from .search import (
@@ -434,6 +435,43 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS.append(add_demo_parser)
+
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``report`` subcommand: several ``evaluate_memorization.py`` runs in one table."""
+    parser = subparsers.add_parser(
+        "report",
+        help="Several evaluation runs (folders of examples/evaluate_memorization.py) in one table.",
+        description="Gather evaluation runs into one markdown table with each run's verdict and the calibration "
+        "they share. Runs scored differently (other data, generation settings, feature space or thresholds) are "
+        "refused, naming the differences.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="+", help="Folders holding a results.json.")
+    parser.add_argument("--output", default=None, help="Also write the report to this markdown file.")
+    parser.add_argument(
+        "--allow_different_settings",
+        action="store_true",
+        help="Write the table even when the runs were scored differently, with the differences listed above it.",
+    )
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Print (and write) the combined report; exit status 2 when the runs cannot share a table."""
+    try:
+        report = combined_report([load_run(folder) for folder in args.runs], args.allow_different_settings)
+    except (RunComparisonError, FileNotFoundError, ValueError) as error:
+        print(f"memcontrol report: error: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(report)
+    return 0
+
+
+SUBCOMMANDS.append(add_report_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

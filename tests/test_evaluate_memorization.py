@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import peft_memcontrol as pm
+from peft_memcontrol.cli import main as cli_main
 from peft_memcontrol.evaluation import load_split
 from peft_memcontrol.metrics import get_feature_extractor
 from peft_memcontrol.sample_data import build_digits_dataset, lfw_faces
@@ -103,7 +104,7 @@ def test_scores_match_an_independent_amd(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_adapter_and_attack_prompts_from_training(digits, tmp_path):
+def test_adapter_and_attack_prompts_from_training(digits, tmp_path, capsys):
     data = load_training_dataset(train_data_dir=digits.train_dir, resolution=32)
     adapter = tmp_path / "adapter"
     trainer = MemControlTrainer.from_pretrained(
@@ -125,6 +126,31 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path):
     assert base["counts"]["test_images"] == 4 and base["counts"]["reference_images"] == 4
     assert base["counts"]["attacked_prompts"] == 3
     assert tuned["label"] == "adapter" and tuned["scores"]["fid"] != base["scores"]["fid"]
+
+    # `memcontrol report`: both runs in one table, each row holding its own run's scores and verdict
+    report_path = tmp_path / "report.md"
+    assert cli_main(["report", str(tmp_path / "base"), str(tmp_path / "tuned"), "--output", str(report_path)]) == 0
+    report = report_path.read_text()
+    for run in (base, tuned):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {run['label']} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1:4] == [
+            f"{run['scores']['fid']:.2f}",
+            f"{run['scores']['kid']:.4f}",
+            f"{run['scores']['kid_se']:.4f}",
+        ]
+        assert cells[5] == f"{run['scores']['amd']:.4f}" and cells[6] == str(run["scores"]["extracted"])
+        assert run["verdict"] in report
+    # a run scored with another attack threshold cannot share the table
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    changed["settings"]["extraction_threshold"] = 0.5
+    (other / "results.json").write_text(json.dumps(changed))
+    capsys.readouterr()
+    assert cli_main(["report", str(tmp_path / "base"), str(other)]) == 2
+    error = capsys.readouterr().err
+    assert "settings.extraction_threshold: 0.15" in error and "--allow_different_settings" in error
 
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json nor unet/config.json"):
         script.main([*common, "--adapter_dir", str(tmp_path), "--output_dir", str(tmp_path / "none")])

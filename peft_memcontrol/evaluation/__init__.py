@@ -11,12 +11,17 @@ from .data import EvaluationData, SplitImages, dataset_split, load_evaluation_da
 from .evaluate import ModelScores, evaluate_model
 from .features import FeatureBank, feature_bank
 from .generation import generate
+from .report import RunComparisonError, combined_report, load_run
 from .settings import EvaluationSettings
-from .table import markdown_table
+from .table import EVALUATION_COLUMNS, markdown_table
 from .verdict import memorization_verdict
 
 
 __all__ = [
+    "EVALUATION_COLUMNS",
+    "RunComparisonError",
+    "combined_report",
+    "load_run",
     "EvaluationCalibration",
     "calibrate_evaluation",
     "vae_reconstructions",

@@ -10,6 +10,21 @@ from typing import Any
 Column = tuple[str, str, str]
 """(key of the row, header, format pattern)."""
 
+EVALUATION_COLUMNS: list[Column] = [
+    ("method", "model", "{}"),
+    ("fid", "FID ↓", "{:.2f}"),
+    ("kid", "KID ↓", "{:.4f}"),
+    ("kid_se", "KID s.e.", "{:.4f}"),
+    ("mifid", "MiFID ↓", "{:.2f}"),
+    ("amd", "AMD ↑", "{:.4f}"),
+    ("extracted", "extracted ↓", "{:d}"),
+    ("flagged", "flagged ↓", "{:d}"),
+    ("replication", "replication ↓", "{:.2f}"),
+    ("replication_p95", "replication p95 ↓", "{:.3f}"),
+    ("noise_norm", "noise norm ↓", "{:.4f}"),
+]
+"""The columns of ``examples/evaluate_memorization.py``'s ``results.md`` and of `memcontrol report`."""
+
 
 def _format(value: Any, pattern: str) -> str:
     if isinstance(value, float) and not math.isfinite(value):
