@@ -9,7 +9,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from peft_memcontrol.metrics import AverageMinCosineDistance, FrechetDistance, MemorizationReward, ReplicationRate
+from peft_memcontrol.metrics import (
+    AverageMinCosineDistance,
+    FrechetDistance,
+    KernelDistance,
+    MemorizationReward,
+    ReplicationRate,
+)
 
 
 def features():
@@ -29,7 +35,16 @@ def scores(rank: int = 0, world_size: int = 1) -> dict:
         metric.update(training[rank::world_size], real=True)
     reward.total += float(rank + 1)  # one "batch" per process with reward rank + 1
     reward.batches += 1
+    # KID's subsets are drawn by index from the gathered features (rank 0's, then rank 1's): one process feeds the
+    # shards in that order
+    kid = KernelDistance(feature=None, num_features=8, num_subsets=10)
+    for shard in [rank] if world_size > 1 else [0, 1]:
+        kid.update(generated[shard::2], real=False)
+        kid.update(training[shard::2], real=True)
+    kid_result = kid.compute()
     return {
+        "kid": kid_result.mean.item(),
+        "kid_se": kid_result.standard_error.item(),
         "amd": amd.compute().amd.item(),
         "rate": replication.compute().rate.item(),
         "p95": replication.compute().percentile_95.item(),
@@ -51,7 +66,12 @@ def empty_rank_scores(rank: int = 0, world_size: int = 1) -> dict:
             no_updates.update(generated, real=False)
             no_updates.update(training, real=True)
         no_generations.update(training[shard::2], real=True)
-    results = {"refusal": ""}
+    kid_no_generations = KernelDistance(feature=None, num_features=8, num_subsets=10)
+    for shard in [rank] if world_size > 1 else [0, 1]:
+        if shard == 0:
+            kid_no_generations.update(generated, real=False)
+        kid_no_generations.update(training[shard::2], real=True)
+    results = {"refusal": "", "kid": tuple(kid_no_generations.compute())}
     for name, metric in (("no_generations", no_generations), ("no_updates", no_updates)):
         result = metric.compute()
         results[name] = {"distances": result.distances, "indices": result.indices}
@@ -88,7 +108,7 @@ def test_two_processes_match_one(tmp_path):
     single = scores()
     for rank in range(2):
         distributed = torch.load(f"{output}.{rank}")
-        for name in ("amd", "rate", "p95", "fid"):
+        for name in ("amd", "rate", "p95", "fid", "kid", "kid_se"):
             assert distributed[name] == pytest.approx(single[name], rel=1e-5), name
         assert distributed["reward"] == pytest.approx(1.5)  # (1 + 2) / 2 batches
 
@@ -105,4 +125,6 @@ def test_a_process_without_features_joins_the_gather(tmp_path):
             assert torch.allclose(distributed[name]["distances"], single[name]["distances"], atol=1e-6), name
             assert torch.equal(distributed[name]["indices"], single[name]["indices"]), name
         assert "different widths [7, 8]" in distributed["refusal"]
+        for got, expected in zip(distributed["kid"], single["kid"]):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
     assert single["no_generations"]["indices"].unique().numel() > 5  # indices into the gathered training order

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import torch
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel, poly_mmd
 from torchmetrics.utilities.data import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from .features import DEFAULT_FEATURE, FeatureInput, FeatureSpec, PrecomputedFeatures, resolve_feature
 from .images import ImageInput
@@ -122,6 +123,18 @@ class KernelDistance(FeatureInput, KernelInceptionDistance):
         estimates = torch.stack(estimates)
         standard_error = self._jackknife_standard_error(real, generated)
         return KIDResult(estimates.mean(), estimates.std(unbiased=False), standard_error)
+
+    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any | None = None) -> None:
+        """Gathers the feature lists across processes, after giving an empty list the shape (0, d).
+
+        torchmetrics turns an empty list state into a 1-D empty tensor, which cannot be gathered with the other
+        processes' (N, d) features (the gather never completes); a process that saw no generated (or real) images
+        joins with an empty (0, d) matrix instead.
+        """
+        for name in ("real_features", "fake_features"):
+            if not len(getattr(self, name)):
+                setattr(self, name, [torch.empty(0, self.num_features, device=self.device, dtype=self.dtype)])
+        super()._sync_dist(dist_sync_fn, process_group)
 
     @staticmethod
     def _draw(count: int, subset_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
