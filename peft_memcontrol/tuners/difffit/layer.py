@@ -65,14 +65,20 @@ class DiffFitLayer(MaskedTunerLayer):
             scale = self.mc_scale[name]
             if name in self.mc_difffit_bias:
                 output = output + (scale * self.mc_difffit_bias[name]).to(output.dtype).reshape(channels)
-            gain = None
-            for container in (self.mc_difffit_gamma, self.mc_difffit_residual_gamma):
-                if name in container:
-                    factor = 1.0 + scale * (container[name] - 1.0)
-                    gain = factor if gain is None else gain * factor
+            gain = self._gain(name, scale)
             if gain is not None:
                 output = output * gain.to(output.dtype).reshape(channels)
         return output
+
+    def _gain(self, adapter_name: str, scale: float) -> torch.Tensor | None:
+        """The per-channel factor ``g = gamma * residual_gamma`` of ``adapter_name`` at ``scale`` (``None``: no
+        scale vector on this layer); each vector's change from 1 is scaled."""
+        gain = None
+        for container in (self.mc_difffit_gamma, self.mc_difffit_residual_gamma):
+            if adapter_name in container:
+                factor = 1.0 + scale * (container[adapter_name] - 1.0)
+                gain = factor if gain is None else gain * factor
+        return gain
 
     def apply_adapter(
         self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
@@ -81,11 +87,7 @@ class DiffFitLayer(MaskedTunerLayer):
             weight = weight + scale * self.mc_difffit_norm_weight[adapter_name]
         if adapter_name in self.mc_difffit_bias:
             bias = bias + scale * self.mc_difffit_bias[adapter_name]
-        gain = None
-        for container in (self.mc_difffit_gamma, self.mc_difffit_residual_gamma):
-            if adapter_name in container:
-                factor = 1.0 + scale * (container[adapter_name] - 1.0)
-                gain = factor if gain is None else gain * factor
+        gain = self._gain(adapter_name, scale)
         if gain is not None:
             weight = weight * gain.reshape(-1, *([1] * (weight.dim() - 1)))
             bias = bias * gain if bias is not None else None

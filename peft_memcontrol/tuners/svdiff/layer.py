@@ -94,17 +94,17 @@ class SVDiffLayer(MaskedTunerLayer):
         if self.formulation != "auto":
             return self.formulation == "factorized"
         rows, columns = base.weight.shape[0], base.weight[0].numel()
-        rank = min(rows, columns)
         if isinstance(base, nn.Linear):
             tokens = x.numel() // max(x.shape[-1], 1)
         else:
             tokens = x.shape[0] * x.shape[-2] * x.shape[-1] // (base.stride[0] * base.stride[1])
-        return tokens * rank * (rows + columns) < rows * columns * rank
+        # factorized: tokens x k x (in + out); rebuild: out x in x k (the rank k cancels)
+        return tokens * (rows + columns) < rows * columns
 
     def _factorized_change(self, x: torch.Tensor, active: list[str]) -> torch.Tensor:
         """``x`` through ``U diag(sum of the active adapters' scaled shifts) Vh`` (their changes add)."""
         u, s, vh = self.spectral_factors
-        shift = sum(self.mc_scale[name] * (torch.relu(s + self.mc_svdiff_spectral_shift[name]) - s) for name in active)
+        shift = sum(self._singular_value_change(self.mc_svdiff_spectral_shift, name, s) for name in active)
         base = self.get_base_layer()
         dtype = x.dtype if x.is_floating_point() else torch.float32
         u, vh, shift = u.to(dtype), vh.to(dtype), shift.to(dtype)
@@ -116,13 +116,20 @@ class SVDiffLayer(MaskedTunerLayer):
         )
         return F.conv2d(projected * shift[:, None, None], u[:, :, None, None])
 
+    def _singular_value_change(
+        self, container: nn.ParameterDict, adapter_name: str, s: torch.Tensor, scale: float | None = None
+    ) -> torch.Tensor:
+        """``scale * (relu(s + d) - s)``: what ``adapter_name`` adds to each singular value (``scale`` defaults to the
+        adapter's own)."""
+        scale = self.mc_scale[adapter_name] if scale is None else scale
+        return scale * (torch.relu(s + container[adapter_name]) - s)
+
     def apply_adapter(
         self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         container = self.mc_svdiff_norm_shift if self.is_norm else self.mc_svdiff_spectral_shift
         u, s, vh = self.spectral_factors
-        shifted = torch.relu(s + container[adapter_name]) - s
-        delta = (u * (scale * shifted)) @ vh
+        delta = (u * self._singular_value_change(container, adapter_name, s, scale)) @ vh
         return weight + delta.reshape(weight.shape), bias
 
 
