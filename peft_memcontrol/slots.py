@@ -2,8 +2,9 @@
 
 A *slot* is found from the module tree, never from hard-coded indices. At the default ``"slot"`` granularity it is
 an attention container: a module with a ``transformer_blocks`` list (``Transformer2DModel`` in every
-``UNet2DConditionModel``, SD-1.x/2.x and SDXL alike), or, when the model itself is such a container (a DiT-style
-``Transformer2DModel``), each of its transformer blocks. Stable Diffusion v1.5 has 16 slots. ``"block"`` granularity
+``UNet2DConditionModel``, SD-1.x/2.x and SDXL alike), or, when the model itself is a transformer (DiT, PixArt, SD3,
+FLUX), each block of each of its lists of transformer blocks (`peft_memcontrol.model_parts.block_lists`: FLUX's 19
+joint and 38 single-stream blocks alike). Stable Diffusion v1.5 has 16 slots. ``"block"`` granularity
 groups slots by U-Net block (``down_blocks.N``, ``mid_block``, ``up_blocks.N``); ``"layer"`` granularity makes every
 targeted module its own unit.
 
@@ -25,8 +26,9 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from diffusers.models.attention_processor import Attention
 from torch import nn
+
+from .model_parts import block_lists, is_attention
 
 
 GRANULARITIES = ("slot", "block", "layer")
@@ -72,10 +74,13 @@ def find_slot_containers(model: nn.Module) -> list[SlotContainer]:
     Raises:
         ValueError: if the model has no attention container at all.
     """
-    root_blocks = getattr(model, "transformer_blocks", None)
-    if isinstance(root_blocks, nn.ModuleList) and len(root_blocks) > 0:
-        prefix = next(name for name, module in model.named_children() if module is root_blocks)
-        return [SlotContainer(f"{prefix}.{index}", f"{prefix}.{index}.") for index in range(len(root_blocks))]
+    root_lists = block_lists(model)
+    if root_lists:
+        return [
+            SlotContainer(f"{name}.{index}", f"{name}.{index}.")
+            for name in root_lists
+            for index in range(len(getattr(model, name)))
+        ]
 
     containers: list[SlotContainer] = []
     for name, module in model.named_modules():
@@ -87,7 +92,7 @@ def find_slot_containers(model: nn.Module) -> list[SlotContainer]:
     if not containers:
         # Attention modules without a transformer wrapper (e.g. UNet2DModel's AttnDownBlock2D).
         for name, module in model.named_modules():
-            if isinstance(module, Attention) and not any(container.contains(name) for container in containers):
+            if is_attention(module) and not any(container.contains(name) for container in containers):
                 containers.append(SlotContainer(name, f"{name}."))
     if not containers:
         raise ValueError(

@@ -23,7 +23,8 @@ from peft.utils import AuxiliaryTrainingWrapper
 from torch import nn
 
 from .._registry import method_of
-from ..slots import GRANULARITIES, SEMANTICS, AdapterPlan, Candidates, Mask, resolve_plan
+from ..model_parts import is_attention
+from ..slots import GRANULARITIES, SEMANTICS, AdapterPlan, Candidates, Mask, find_slot_containers, resolve_plan
 from .checkpoint import check_adapter_state_dict
 from .model_card import update_model_card
 from .targets import SUPPORTED_LAYERS
@@ -188,6 +189,26 @@ def _refuse_unmatched_targets(model: nn.Module, config: MaskedTunerConfig, candi
             f"target_modules of {type(config).__name__}: " + "; ".join(problems) + ". A name matches a module "
             'path or its end ("to_q", "attn2.to_k"); a string is a regex over whole paths. Leave target_modules '
             "unset to adapt everything the method adapts."
+        )
+
+
+def _refuse_slots_without_attention(model: nn.Module, config: MaskedTunerConfig) -> None:
+    """Raise if a slot of ``model`` holds no attention module that the method could adapt: its bit would switch
+    less than it claims, and the method would silently train less than on a diffusers model."""
+    attentions = [path for path, module in iter_base_modules(model) if is_attention(module)]
+    empty = [
+        container.name
+        for container in find_slot_containers(model)
+        if not any(path == container.name or container.contains(path) for path in attentions)
+    ]
+    if empty:
+        method = type(config).__name__.removesuffix("Config")
+        raise ValueError(
+            f"{method} finds no attention module in {len(empty)} slot(s) of {type(model).__name__} ({empty[:3]}...): it "
+            "adapts the projections of attention modules, found by type (diffusers' `Attention` or "
+            "`AttentionModuleMixin`), and a custom attention class is neither, so these slots' bits would switch "
+            "nothing it trains there. Build the model from diffusers' attention classes, or use SVDiffConfig, "
+            "which adapts every linear layer."
         )
 
 
@@ -452,6 +473,12 @@ class MaskedTuner(BaseTuner):
     def layer_class(cls, config: MaskedTunerConfig) -> type[MaskedTunerLayer]:
         raise NotImplementedError
 
+    @classmethod
+    def adapts_attention(cls, config: MaskedTunerConfig) -> bool:
+        """Whether the method's maskable parameters sit on attention projections (then every slot must hold an
+        attention module it recognizes)."""
+        return False
+
     # -- planning -------------------------------------------------------------------------------------------------
     @classmethod
     def count(cls, model: nn.Module, config: MaskedTunerConfig, plan: AdapterPlan | None = None) -> int:
@@ -474,6 +501,8 @@ class MaskedTuner(BaseTuner):
     def plan(cls, model: nn.Module, config: MaskedTunerConfig) -> AdapterPlan:
         """Resolve ``config``'s mask on ``model`` into the modules and components to adapt."""
         candidates = cls.candidates(model, config)
+        if cls.adapts_attention(config):
+            _refuse_slots_without_attention(model, config)
         _refuse_unmatched_targets(model, config, candidates)
         trained_whole = _trained_whole(model, config)
         candidates = {

@@ -1,7 +1,8 @@
-"""Tiny real diffusers models in the SD-1.5, SDXL and DiT layouts (random weights, fixed seeds) and their inputs.
+"""Tiny real diffusers models in the SD-1.5, SDXL, DiT, PixArt, SD3 and FLUX layouts (random weights, fixed seeds)
+and their inputs.
 
-The SD-1.5 parts are built from the shipped tiny pipeline's configs (`peft_memcontrol.tiny_sd`); SDXL and DiT have no
-shipped model, so their tiny configs live here.
+The SD-1.5 parts are built from the shipped tiny pipeline's configs (`peft_memcontrol.tiny_sd`); the other layouts
+have no shipped model, so their tiny configs live here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DiTTransformer2DModel,
+    FluxTransformer2DModel,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -55,6 +59,47 @@ TINY_DIT_CONFIG: dict[str, Any] = {
     "patch_size": 2,
     "num_embeds_ada_norm": 10,
     "norm_type": "ada_norm_zero",
+}
+
+
+#: A PixArt-alpha transformer: 2 BasicTransformerBlocks with cross-attention, AdaLayerNorm-single conditioning.
+TINY_PIXART_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "in_channels": 4,
+    "out_channels": 8,
+    "cross_attention_dim": 16,
+    "caption_channels": 16,
+    "norm_num_groups": 8,
+}
+
+#: An SD3 MMDiT: 2 joint blocks (the last one's text stream is pre-only: no text output projection or feed-forward).
+TINY_SD3_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "patch_size": 2,
+    "in_channels": 4,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 16,
+    "caption_projection_dim": 16,
+    "pooled_projection_dim": 8,
+    "out_channels": 4,
+}
+
+#: A FLUX transformer: 1 joint (double-stream) block and 2 single-stream blocks, on packed 16-token latents.
+TINY_FLUX_CONFIG: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 4,
+    "num_layers": 1,
+    "num_single_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 16,
+    "pooled_projection_dim": 8,
+    "axes_dims_rope": (2, 2, 4),
 }
 
 
@@ -105,6 +150,69 @@ def dit_inputs(batch: int = 2, seed: int = 1) -> dict[str, Any]:
         "timestep": torch.tensor([10, 500][:batch]),
         "class_labels": torch.tensor([1, 3][:batch]),
     }
+
+
+def build_pixart(seed: int = 0) -> PixArtTransformer2DModel:
+    """The tiny PixArt transformer with seeded random weights."""
+    torch.manual_seed(seed)
+    return PixArtTransformer2DModel(**TINY_PIXART_CONFIG).eval()
+
+
+def build_sd3(seed: int = 0) -> SD3Transformer2DModel:
+    """The tiny SD3 transformer with seeded random weights."""
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(**TINY_SD3_CONFIG).eval()
+
+
+def build_flux(seed: int = 0) -> FluxTransformer2DModel:
+    """The tiny FLUX transformer with seeded random weights."""
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**TINY_FLUX_CONFIG).eval()
+
+
+def pixart_inputs(batch: int = 2, seed: int = 1) -> dict[str, Any]:
+    """Seeded keyword inputs of `build_pixart`'s model: 8 x 8 latents and a 5-token caption embedding."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 8, 8, generator=generator),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=generator),
+        "timestep": torch.tensor([10, 500][:batch]),
+        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+    }
+
+
+def sd3_inputs(batch: int = 2, seed: int = 1) -> dict[str, Any]:
+    """Seeded keyword inputs of `build_sd3`'s model: 8 x 8 latents, a 5-token text embedding and a pooled one."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, 4, 8, 8, generator=generator),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=generator),
+        "pooled_projections": torch.randn(batch, 8, generator=generator),
+        "timestep": torch.tensor([10, 500][:batch]),
+    }
+
+
+def flux_inputs(batch: int = 2, seed: int = 1) -> dict[str, Any]:
+    """Seeded keyword inputs of `build_flux`'s model: 16 packed latent tokens, 5 text tokens, their position ids."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, 16, 4, generator=generator),
+        "encoder_hidden_states": torch.randn(batch, 5, 16, generator=generator),
+        "pooled_projections": torch.randn(batch, 8, generator=generator),
+        "timestep": torch.tensor([0.01, 0.5][:batch]),
+        "img_ids": torch.stack(
+            torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1
+        ).reshape(16, 3),
+        "txt_ids": torch.zeros(5, 3),
+    }
+
+
+#: The transformers whose blocks are found by type (joint attention, single-stream blocks), for their own tests.
+TRANSFORMERS: dict[str, tuple[Callable[..., nn.Module], Callable[..., dict[str, Any]]]] = {
+    "pixart": (build_pixart, pixart_inputs),
+    "sd3": (build_sd3, sd3_inputs),
+    "flux": (build_flux, flux_inputs),
+}
 
 
 #: Architecture name -> (model builder, input builder), for tests that run on every tiny architecture.

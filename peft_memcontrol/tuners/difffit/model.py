@@ -2,25 +2,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...model_parts import attention_projections, residual_outputs
 from ...slots import Candidates
 from ..base import MaskedTuner, MaskedTunerLayer, iter_base_modules
-from ..targets import ATTENTION_OUTPUT, ATTENTION_PROJECTIONS, BLOCK_ATTENTIONS, NORM_LAYERS
+from ..targets import NORM_LAYERS
 from .config import DiffFitConfig
 from .layer import DiffFitLayer
-
-
-def transformer_blocks(modules: dict[str, nn.Module]) -> list[str]:
-    """Paths of the transformer blocks (modules with ``attn1`` and ``ff``, e.g. diffusers' BasicTransformerBlock)."""
-    return [
-        path
-        for path, module in modules.items()
-        if isinstance(getattr(module, "attn1", None), nn.Module) and isinstance(getattr(module, "ff", None), nn.Module)
-    ]
-
-
-def _last_linear(modules: dict[str, nn.Module], prefix: str) -> str | None:
-    linears = [path for path, module in modules.items() if path.startswith(prefix) and isinstance(module, nn.Linear)]
-    return linears[-1] if linears else None
 
 
 class DiffFitModel(MaskedTuner):
@@ -38,17 +25,10 @@ class DiffFitModel(MaskedTuner):
                 found[path] = {"norm": False}
             elif isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
                 found[path] = {"bias": False}
-        for block in transformer_blocks(modules):
-            for attention in BLOCK_ATTENTIONS:
-                for projection in ATTENTION_PROJECTIONS:
-                    path = f"{block}.{attention}.{projection}"
-                    if isinstance(modules.get(path), nn.Linear):
-                        found.setdefault(path, {})["gamma"] = True
-                        if projection == ATTENTION_OUTPUT:
-                            found[path]["residual_gamma"] = True
-            feed_forward_out = _last_linear(modules, f"{block}.ff.")
-            if feed_forward_out is not None:
-                found.setdefault(feed_forward_out, {})["residual_gamma"] = True
+        for path in attention_projections(modules):
+            found.setdefault(path, {})["gamma"] = True
+        for path in residual_outputs(modules):
+            found.setdefault(path, {})["residual_gamma"] = True
         return found
 
     @classmethod
@@ -62,3 +42,7 @@ class DiffFitModel(MaskedTuner):
     @classmethod
     def layer_class(cls, config: DiffFitConfig) -> type[MaskedTunerLayer]:
         return DiffFitLayer
+
+    @classmethod
+    def adapts_attention(cls, config: DiffFitConfig) -> bool:
+        return True

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from ...model_parts import attention_projections
 from ...slots import Candidates, find_slot_containers
 from ..base import MaskedTuner, MaskedTunerLayer, iter_base_modules
-from ..targets import SUPPORTED_LAYERS, is_attention_projection
+from ..targets import SUPPORTED_LAYERS
 from .config import MaskedAttentionConfig
 from .layer import MaskedAttentionLayer
 
@@ -18,13 +19,15 @@ class MaskedAttentionModel(MaskedTuner):
     @classmethod
     def candidates(cls, model: nn.Module, config: MaskedAttentionConfig) -> Candidates:
         containers = find_slot_containers(model)
+        modules = dict(iter_base_modules(model))
+        projections = attention_projections(modules)
         found = {}
-        for path, module in iter_base_modules(model):
+        for path, module in modules.items():
             if not isinstance(module, SUPPORTED_LAYERS) or getattr(module, "weight", None) is None:
                 continue
             if not any(container.contains(path) for container in containers):
                 continue
-            if is_attention_projection(path):
+            if path in projections:
                 found[path] = {"delta": True}
             elif not config.attention_only:
                 found[path] = {"delta": False}
@@ -37,3 +40,7 @@ class MaskedAttentionModel(MaskedTuner):
     @classmethod
     def layer_class(cls, config: MaskedAttentionConfig) -> type[MaskedTunerLayer]:
         return MaskedAttentionLayer
+
+    @classmethod
+    def adapts_attention(cls, config: MaskedAttentionConfig) -> bool:
+        return True

@@ -29,3 +29,7 @@ class MemControlModel(MaskedTuner):
     @classmethod
     def layer_class(cls, config: MemControlConfig) -> type[MaskedTunerLayer]:
         return cls._method_tuner(config).layer_class(config.base_config())
+
+    @classmethod
+    def adapts_attention(cls, config: MemControlConfig) -> bool:
+        return cls._method_tuner(config).adapts_attention(config.base_config())
