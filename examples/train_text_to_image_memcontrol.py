@@ -58,7 +58,6 @@ from peft_memcontrol.training import (
 from peft_memcontrol.training.data import find_metadata_files
 from peft_memcontrol.training.trainer import training_banner
 from peft_memcontrol.tuners import METHODS, MemControlConfig
-from peft_memcontrol.tuners.targets import ATTENTION_PROJECTIONS
 
 
 logger = get_logger("train_text_to_image_memcontrol", log_level="INFO")
@@ -322,6 +321,10 @@ def choose_learning_rate(flag: float | None, mask_file: MaskFile | None) -> tupl
     return float(rate), origin
 
 
+LORA_TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
+"""The LoRA baseline's targets: the attention projections diffusers' ``train_text_to_image_lora.py`` adapts."""
+
+
 def check_method_matches_mask(method: str, mask_file: MaskFile) -> None:
     """Refuse a ``--method`` other than the one ``mask_file`` records (``memcontrol`` takes the recorded one)."""
     if method != "memcontrol" and mask_file.method is not None and mask_file.method != method:
@@ -336,7 +339,7 @@ def build_method(args: argparse.Namespace) -> str | PeftConfig:
     if args.method == "full":
         return "full"
     if args.method == "lora":
-        return LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=list(ATTENTION_PROJECTIONS))
+        return LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=list(LORA_TARGET_MODULES))
     mask_file = args.mask_file
     options = {}
     mask_semantics = args.mask_semantics or (mask_file.mask_semantics if mask_file else None)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from peft import PeftConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 
 from peft_memcontrol.tiny_sd import load_tiny_pipeline
 from peft_memcontrol.training import TrainingConfig, config_from_args
@@ -134,6 +134,12 @@ def test_method_that_disagrees_with_the_mask_file_is_refused(tmp_path):
     plain = tmp_path / "mask.json"
     plain.write_text(json.dumps(mask))  # a bare mask records no method: any masked method takes it
     assert isinstance(launch_script.build_method(launch_script.parse_args(["--mask", str(plain)])), SVDiffConfig)
+
+
+def test_lora_baseline_targets_the_attention_projections_of_diffusers_lora_script():
+    config = launch_script.build_method(launch_script.parse_args(["--method", "lora", "--rank", "8"]))
+    assert isinstance(config, LoraConfig) and config.r == 8 and config.lora_alpha == 8
+    assert set(config.target_modules) == {"to_q", "to_k", "to_v", "to_out.0"}
 
 
 def test_every_flag_has_help_and_training_flags_build_the_config():
