@@ -151,6 +151,12 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "base"), str(other)]) == 2
     error = capsys.readouterr().err
     assert "settings.extraction_threshold: 0.15" in error and "--allow_different_settings" in error
+    # a hand-edited results.json without a score column is refused by name, not with a bare KeyError
+    del changed["scores"]["kid"]
+    changed["settings"]["extraction_threshold"] = 0.15
+    (other / "results.json").write_text(json.dumps(changed))
+    assert cli_main(["report", str(tmp_path / "base"), str(other)]) == 2
+    assert "has no numeric score for ['kid']" in capsys.readouterr().err
 
     with pytest.raises(FileNotFoundError, match="neither adapter_config.json nor unet/config.json"):
         script.main([*common, "--adapter_dir", str(tmp_path), "--output_dir", str(tmp_path / "none")])

@@ -383,3 +383,9 @@ def test_cli_writes_front_plots_and_loadable_configs(tmp_path):
     readme = write_mask_card(result, result.knee(), str(tmp_path / "card"))
     text = Path(readme).read_text()
     assert "Pareto front of the mask search" in text and text.count("\n| ") >= len(result.front)
+
+
+@pytest.mark.parametrize("tolerance", [float("nan"), float("inf"), -0.1])
+def test_learning_rate_tolerance_must_be_finite_and_not_negative(tolerance):
+    with pytest.raises(ValueError, match="learning_rate_tolerance must be a finite number >= 0"):
+        SearchConfig(learning_rate_tolerance=tolerance)

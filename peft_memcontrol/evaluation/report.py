@@ -52,6 +52,13 @@ def load_run(folder: str | os.PathLike) -> dict[str, Any]:
     missing = sorted({"label", "scores", "verdict", "calibration", "settings", "counts"} - set(run))
     if missing:
         raise ValueError(f"{path} lacks {missing}: it was not written by examples/evaluate_memorization.py.")
+    scores = run["scores"] if isinstance(run["scores"], dict) else {}
+    missing_scores = [key for key, _, _ in EVALUATION_COLUMNS[1:] if not _is_number(scores.get(key))]
+    if missing_scores:
+        raise ValueError(
+            f"{path} has no numeric score for {missing_scores} (a hand-edited file, or one written by an older "
+            "version): evaluate the model again with examples/evaluate_memorization.py."
+        )
     return {**run, "folder": os.fspath(folder)}
 
 
@@ -108,6 +115,10 @@ def combined_report(runs: Sequence[dict[str, Any]], allow_different_settings: bo
 def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
     """The report lines `EvaluationCalibration.to_dict` stored under ``"description"``."""
     return [str(line) for line in calibration.get("description", [])] or [json.dumps(calibration, sort_keys=True)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -92,8 +93,10 @@ class SearchConfig:
             raise ValueError(f"promote_fraction must be in (0, 1], got {self.promote_fraction}.")
         if self.max_evaluations is not None and self.max_evaluations < 1:
             raise ValueError(f"max_evaluations must be at least 1 (or None), got {self.max_evaluations}.")
-        if self.learning_rate_tolerance < 0:
-            raise ValueError(f"learning_rate_tolerance must be >= 0, got {self.learning_rate_tolerance}.")
+        if not 0 <= self.learning_rate_tolerance < math.inf:
+            raise ValueError(
+                f"learning_rate_tolerance must be a finite number >= 0 (0.025 = 2.5%), got {self.learning_rate_tolerance}."
+            )
         if self.surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}.")
         if self.surrogate_pool < 1:
