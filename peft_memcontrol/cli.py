@@ -34,9 +34,11 @@ from .search import (
     ProcessExecutor,
     RayExecutor,
     SearchConfig,
+    SearchResult,
     SerialExecutor,
     SyntheticMaskProblem,
     UnsatisfiableConstraintError,
+    measure_references,
 )
 from .search.config import SURROGATES, default_population_size
 from .search.genome import default_learning_rate_bounds
@@ -341,6 +343,18 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
         help="Bound on the memorization objective for the best-quality pick. None: no bound.",
     )
     output.add_argument(
+        "--noise_runs",
+        type=int,
+        default=3,
+        help="After the search, train the knee's mask this many times in all (other seeds) to measure how much one "
+        "evaluation varies, and warn about objectives whose spread between candidates is within it. 1: skip.",
+    )
+    output.add_argument(
+        "--no_base_model_scores",
+        action="store_true",
+        help="Do not score the base model (not fine-tuned) with the objectives, as a reference point on the front.",
+    )
+    output.add_argument(
         "--push_to_hub", action="store_true", help="Push the knee mask to the Hub, with the front in its card."
     )
     output.add_argument(
@@ -356,7 +370,15 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N_BITS",
         help="Search a closed-form problem of N_BITS mask bits instead of training.",
     )
-    toy.add_argument("--synthetic_noise", type=float, default=0.0, help="Noise added to the synthetic objectives.")
+    toy.add_argument(
+        "--synthetic_noise", type=float, default=0.0, help="Error of the synthetic objectives at budgets below 1."
+    )
+    toy.add_argument(
+        "--synthetic_evaluation_noise",
+        type=float,
+        default=0.0,
+        help="Error of the synthetic objectives at every budget, drawn anew for each training run (as a seed's luck).",
+    )
     toy.add_argument("--synthetic_delay", type=float, default=0.0, help="Seconds each synthetic evaluation waits.")
     parser.set_defaults(handler=run_search)
 
@@ -506,7 +528,11 @@ def _search_setup(args: argparse.Namespace):
         units = tuple(f"unit.{i}" for i in range(args.synthetic))
         space = GenomeSpace(units=units, method=args.method, learning_rate_bounds=lr_bounds, name="synthetic")
         evaluator = SyntheticMaskProblem(
-            args.synthetic, seed=args.seed, noise=args.synthetic_noise, delay=args.synthetic_delay
+            args.synthetic,
+            seed=args.seed,
+            noise=args.synthetic_noise,
+            evaluation_noise=args.synthetic_evaluation_noise,
+            delay=args.synthetic_delay,
         )
         return space, evaluator, None
 
@@ -569,6 +595,21 @@ def _executor(args: argparse.Namespace):
     return SerialExecutor()
 
 
+def _reference_lines(result: SearchResult) -> list[str]:
+    """What the search's reference measurements say, one line each: the noise per objective and the base model."""
+    references = result.references
+    if references is None:
+        return []
+    lines = []
+    if len(references.runs) > 1:
+        noise = ", ".join(f"{name} {value:.3g}" for name, value in references.noise().items())
+        lines.append(f"noise of one evaluation (s.d. over {len(references.runs)} runs of the knee): {noise}")
+    if references.base_model is not None:
+        scores = ", ".join(f"{name} {value:.5g}" for name, value in references.base_model.items())
+        lines.append(f"base model (not fine-tuned): {scores}")
+    return lines
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search and write its outputs; returns the exit status: 0, 1 when no candidate succeeded
     (the outputs are still written, and the counts by status and the first error printed), 2 when the output folder
@@ -607,8 +648,14 @@ def run_search(args: argparse.Namespace) -> int:
         # the message says why and the way out
         print(f"memcontrol search: error: {error}", file=sys.stderr)
         return 2
+    if args.noise_runs < 1:
+        print(f"memcontrol search: error: --noise_runs must be at least 1, got {args.noise_runs}.", file=sys.stderr)
+        return 2
+    result.references = measure_references(searcher, args.noise_runs, base_model=not args.no_base_model_scores)
     paths = write_search_outputs(result, args.output_dir, args.max_quality, args.max_memorization)
     print(f"Front of {len(result.front)} masks, hypervolume {result.hypervolume:.6g}; outputs in {args.output_dir}")
+    for line in _reference_lines(result):
+        print(f"  {line}")
     for name, folder in paths["chosen"].items():
         print(f"  {name}: {folder}")
     failure = result.failure()

@@ -24,6 +24,7 @@ from .inner_loop import InnerLoop, TrainableShareConstraint
 from .journal import Journal, atomic_write_json
 from .lock import SearchFolderBusyError
 from .pareto import best_within, dominates, hypervolume, knee_point, non_dominated_indices
+from .references import SearchReferences, measure_references
 from .result import FrontPoint, SearchResult
 from .searcher import MaskSearcher, UnsatisfiableConstraintError
 from .synthetic import (
@@ -55,6 +56,7 @@ __all__ = [
     "RayExecutor",
     "SearchConfig",
     "SearchFolderBusyError",
+    "SearchReferences",
     "SearchResult",
     "SerialExecutor",
     "SyntheticMaskProblem",
@@ -70,6 +72,7 @@ __all__ = [
     "get_executor",
     "hypervolume",
     "knee_point",
+    "measure_references",
     "non_dominated_indices",
     "run_candidate",
 ]

@@ -12,6 +12,7 @@ same batches, so only the first one encodes them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -307,10 +308,27 @@ class InnerLoop:
         """Training steps for a budget fraction."""
         return max(1, round(self.training.max_train_steps * budget))
 
+    def replicate(self, run: int) -> InnerLoop:
+        """This loop with its training and generation seeds moved by ``run``: a candidate trained and scored again
+        under other random draws (noise, timesteps, dropout, generation latents), on the same proxy set. How much its
+        scores move measures the noise of one evaluation (`peft_memcontrol.search.references`)."""
+        repeated = copy.copy(self)
+        repeated.training = replace(self.training, seed=self.training.seed + run)
+        repeated.evaluation = replace(self.evaluation, seed=self.evaluation.seed + run)
+        return repeated
+
+    def score_base_model(self, candidate: Candidate) -> dict[str, float]:
+        """The objectives of the base model, not fine-tuned: ``candidate``'s adapter is injected, disabled, and
+        scored without a training step (``trainable_share`` is 0)."""
+        return self._score(candidate, 1.0, train=False)
+
     def __call__(self, candidate: Candidate, budget: float = 1.0) -> dict[str, float]:
+        return self._score(candidate, budget, train=True)
+
+    def _score(self, candidate: Candidate, budget: float, train: bool) -> dict[str, float]:
         loaded = self.load()
         config = self.peft_config(candidate)
-        share = trainable_share(loaded.unet, config)
+        share = trainable_share(loaded.unet, config) if train else 0.0
         learning_rate = candidate.learning_rate if candidate.learning_rate is not None else self.training.learning_rate
         with tempfile.TemporaryDirectory(prefix="memcontrol-candidate-") as output_dir:
             training_config = replace(
@@ -335,7 +353,9 @@ class InnerLoop:
                     encodings=loaded.encodings if self.cache_encodings else None,
                 )
             try:
-                training = trainer.train()
+                if not train:
+                    trainer.unwrapped_model.disable_adapter_layers()
+                training = trainer.train() if train else None
                 context = ObjectiveContext(
                     candidate=candidate,
                     peft_config=config,

@@ -55,7 +55,7 @@ class ObjectiveContext:
         candidate: the genome's candidate.
         peft_config: the `MemControlConfig` that was trained.
         trainer: the `MemControlTrainer` after training (its model still carries the adapter).
-        training: the trainer's `TrainingResult`.
+        training: the trainer's `TrainingResult` (``None`` when the base model is scored, `InnerLoop.score_base_model`).
         memorization: the memorization subset's images and captions, each sample once.
         test_dataset: held-out images and captions, a training-convention data set (``None`` when not given).
         trainable_share: trained parameters / UNet parameters.

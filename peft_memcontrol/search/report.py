@@ -52,6 +52,7 @@ def write_front(result: SearchResult, output_dir: str) -> dict[str, str]:
             "reference_point": result.reference_point,
             "hypervolume": result.hypervolume,
             "warnings": result.separation_warnings(),
+            "references": result.references.to_dict() if result.references is not None else None,
             "units": list(result.space.units),
             "front": [
                 {**row, "masks": point.candidate.masks, "genome": list(point.candidate.genome)}
@@ -80,8 +81,31 @@ def reference_records(result: SearchResult) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _plot_references(axes: Any, result: SearchResult, x: int, y: int) -> None:
+    """The base model's point, and the knee's runs with error bars of one standard deviation of the noise."""
+    references = result.references
+    if references is None:
+        return
+    if references.base_model is not None:
+        point = [references.base_model[result.objectives[x]], references.base_model[result.objectives[y]]]
+        axes.scatter([point[0]], [point[1]], marker="*", s=80, color="C2", label="base model (not fine-tuned)")
+    if len(references.runs) > 1:
+        noise = references.noise()
+        axes.scatter([run[x] for run in references.runs], [run[y] for run in references.runs], s=12, color="C1")
+        axes.errorbar(
+            [references.runs[0][x]],
+            [references.runs[0][y]],
+            xerr=[noise[result.objectives[x]]],
+            yerr=[noise[result.objectives[y]]],
+            color="C1",
+            capsize=3,
+            label=f"knee: {len(references.runs)} runs, noise s.d.",
+        )
+
+
 def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
-    """``front.png`` (every full-budget evaluation, the front highlighted; first two objectives) and
+    """``front.png`` (every full-budget evaluation, the front highlighted, the base model and the knee's repeated runs
+    when measured; first two objectives) and
     ``hypervolume.png``. Needs matplotlib (``pip install "peft-memcontrol[plots]"``)."""
     try:
         import matplotlib
@@ -109,6 +133,7 @@ def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
             xytext=(4, 4),
             textcoords="offset points",
         )
+    _plot_references(axes, result, index[x_name], index[y_name])
     if result.separation_warnings():
         axes.set_title("objectives barely differ: no trade-off shown", fontsize=8, color="C3")
     axes.set_xlabel(f"{x_name} (lower is better)")

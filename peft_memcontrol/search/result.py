@@ -12,6 +12,7 @@ from typing import Any
 from ..tuners import MemControlConfig
 from .genome import Candidate, GenomeSpace
 from .pareto import best_within, knee_point
+from .references import SearchReferences
 
 
 @dataclass
@@ -42,6 +43,8 @@ class SearchResult:
         records: every journal record of the search, in order.
         config_kwargs: extra `MemControlConfig` arguments for `to_config` (mask semantics, granularity, options).
         search_info: facts recorded in each config's ``search`` field.
+        references: the noise of one evaluation and the base model's scores, when measured
+            (`peft_memcontrol.search.references.measure_references`).
     """
 
     space: GenomeSpace
@@ -52,6 +55,7 @@ class SearchResult:
     records: list[dict[str, Any]]
     config_kwargs: dict[str, Any] = field(default_factory=dict)
     search_info: dict[str, Any] = field(default_factory=dict)
+    references: SearchReferences | None = None
 
     @property
     def hypervolume(self) -> float:
@@ -86,7 +90,8 @@ class SearchResult:
 
     def separation_warnings(self) -> list[str]:
         """One sentence per objective that does not separate the candidates (range below `MIN_RELATIVE_SPREAD` of
-        its median, or a single evaluation): the front then is not evidence of a trade-off."""
+        its median, spread within the measured noise of one evaluation (`references`), or a single evaluation): the
+        front then is not evidence of a trade-off."""
         values = self.evaluated_values()
         if len(values) < 2:
             return [f"Only {len(values)} successful evaluation: the front shows no trade-off."]
@@ -101,6 +106,8 @@ class SearchResult:
                     "longer (--max_train_steps), search a learning-rate range that moves this model, or choose "
                     "another objective."
                 )
+        if self.references is not None:
+            warnings += self.references.noise_warnings(values)
         return warnings
 
     def front_values(self) -> list[list[float]]:

@@ -21,6 +21,7 @@ front, which is how tests and ``benchmarks/bench_search_efficiency.py`` measure 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import math
@@ -50,6 +51,8 @@ class ClosedFormProblem:
     """
 
     objectives = ("memorization", "quality")
+    run: int = 0
+    """Which training run's luck ``evaluation_noise`` draws (`replicate`); 0 for the search's own evaluations."""
 
     def __init__(
         self,
@@ -100,6 +103,13 @@ class ClosedFormProblem:
         memorization, quality = self.objective_grid(x[None, :], log_learning_rates)[0, 0]
         return float(memorization), float(quality)
 
+    def replicate(self, run: int) -> ClosedFormProblem:
+        """This problem as a repeated training run would see it: the same exact values, ``evaluation_noise`` drawn
+        anew for run number ``run`` (`peft_memcontrol.search.references` measures the noise this way)."""
+        repeated = copy.copy(self)
+        repeated.run = run
+        return repeated
+
     def _error(self, key: str, salt: str) -> float:
         digest = hashlib.sha256(f"{key}:{salt}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**63 - 1.0
@@ -119,7 +129,11 @@ class ClosedFormProblem:
                 v + self.noise * (1.0 - budget) * self._error(candidate.key, str(i)) for i, v in enumerate(values)
             ]
         if self.evaluation_noise:
-            values = [v + self.evaluation_noise * self._error(candidate.key, f"run{i}") for i, v in enumerate(values)]
+            values = [
+                v
+                + self.evaluation_noise * self._error(candidate.key, f"run{i}" + (f":{self.run}" if self.run else ""))
+                for i, v in enumerate(values)
+            ]
         return dict(zip(self.objectives, values))
 
 
