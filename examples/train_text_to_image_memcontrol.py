@@ -10,8 +10,11 @@ Launched like diffusers' training scripts, with the flag names of ``train_text_t
         --mixed_precision fp16 --output_dir sd-memcontrol --validation_prompt "a photo of ..."
 
 Without ``--pretrained_model_name_or_path`` it trains the package's embedded tiny pipeline (offline, CPU).
-The adapter is saved with ``save_pretrained`` in ``--output_dir``; load it back with
-``peft_memcontrol.load_adapter(pipeline, output_dir)`` or ``PeftModel.from_pretrained(unet, output_dir)``.
+The adapter is saved with ``save_pretrained`` in ``--output_dir`` (``--method full``: the UNet in
+``output_dir/unet``); load it back with ``peft_memcontrol.load_adapter(pipeline, output_dir)`` or
+``PeftModel.from_pretrained(unet, output_dir)``. Every saved output (and ``--save_merged_pipeline``'s pipeline) has a
+model card, README.md: base model, method, mask, data, settings, the search's record of a searched ``--mask``, and the
+validation images.
 
 The training flags are `TrainingConfig`'s fields (their help is the fields' documentation). Flags of diffusers'
 ``train_text_to_image_lora.py`` that this script does not take: ``--num_train_epochs`` (the run is
@@ -58,6 +61,7 @@ from peft_memcontrol.training import (
 from peft_memcontrol.training.data import find_metadata_files
 from peft_memcontrol.training.trainer import training_banner
 from peft_memcontrol.tuners import METHODS, MemControlConfig
+from peft_memcontrol.tuners.model_card import search_provenance, update_model_card
 
 
 logger = get_logger("train_text_to_image_memcontrol", log_level="INFO")
@@ -79,13 +83,15 @@ SCRIPT_DEFAULTS = {
 
 @dataclass(frozen=True)
 class MaskFile:
-    """A ``--mask`` file: the mask, and what a search result or adapter config records beside it."""
+    """A ``--mask`` file: the mask, and what a search result or adapter config records beside it (``provenance``:
+    the objectives, scores, learning rate and search facts of a searched mask, `search_provenance`)."""
 
     path: str
     mask: Mask
     method: str | None = None
     learning_rate: float | None = None
     mask_semantics: str | None = None
+    provenance: dict[str, Any] | None = None
 
 
 def read_mask_file(path: str) -> MaskFile:
@@ -106,6 +112,7 @@ def read_mask_file(path: str) -> MaskFile:
         method=recorded_method(settings),
         learning_rate=settings.get("learning_rate"),
         mask_semantics=settings.get("mask_semantics"),
+        provenance=search_provenance(settings),
     )
 
 
@@ -349,7 +356,9 @@ def build_method(args: argparse.Namespace) -> str | PeftConfig:
     if args.method == "memcontrol":
         if mask_file is not None and mask_file.method is not None:
             options["method"] = mask_file.method
-        return MemControlConfig(mask=mask, **options)
+        # The trained adapter's config keeps the search's scores, learning rate and facts beside its mask.
+        provenance = (mask_file.provenance if mask_file else None) or {}
+        return MemControlConfig(mask=mask, **provenance, **options)
     config_cls = METHODS[args.method][0]
     return config_cls(mask=mask, **options)
 
@@ -375,8 +384,9 @@ def native_resolution(model_path: str, revision: str | None) -> int:
     return unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def save_validation_images(trainer: MemControlTrainer, args: argparse.Namespace) -> list[str]:
-    """Generate ``--num_validation_images`` for ``--validation_prompt`` into ``output_dir/validation``."""
+def save_validation_images(trainer: MemControlTrainer, args: argparse.Namespace) -> dict[str, Any]:
+    """Generate ``--num_validation_images`` for ``--validation_prompt`` into ``output_dir/validation``; returns what
+    the model cards show of them (`update_model_card`'s ``validation``)."""
     pipe = trainer.pipeline()
     generator = torch.Generator().manual_seed(args.seed)
     images = pipe(
@@ -395,7 +405,26 @@ def save_validation_images(trainer: MemControlTrainer, args: argparse.Namespace)
         if tracker.name == "tensorboard":
             stacked = np.stack([np.asarray(image) for image in images])
             tracker.writer.add_images("validation", stacked, trainer.global_step, dataformats="NHWC")
-    return paths
+    return {"prompt": args.validation_prompt, "images": paths, "step": trainer.global_step}
+
+
+def card_notes(args: argparse.Namespace, final_loss: float | None) -> dict[str, Any]:
+    """What the model cards say of the run beyond what the trainer knows: the data's origin, the mask file, where the
+    learning rate came from, the final loss."""
+    return {
+        "dataset": args.dataset_name or args.train_data_dir or args.train_csv,
+        "mask_file": args.mask,
+        "learning_rate_source": args.learning_rate_source,
+        "final_loss": final_loss,
+    }
+
+
+def mask_search_provenance(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The search provenance that the ``--mask`` file records, with the file it was read from; ``None`` without one
+    (the trainer then takes what the adapter's config records)."""
+    if args.mask_file is None or args.mask_file.provenance is None:
+        return None
+    return {**args.mask_file.provenance, "mask_file": args.mask}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -430,24 +459,34 @@ def main(argv: list[str] | None = None) -> None:
     for line in training_banner(summary):
         logger.info(line)
     result = trainer.train()
-    trainer.save_adapter(args.output_dir)
+    final_loss = result.losses[-1] if result.losses else None
+    notes, search = card_notes(args, final_loss), mask_search_provenance(args)
+    saved = trainer.save_adapter(args.output_dir, card_notes=notes, search=search)
     if trainer.accelerator.is_main_process:
         summary["global_step"] = result.global_step
-        summary["final_loss"] = result.losses[-1] if result.losses else None
+        summary["final_loss"] = final_loss
         summary["dropped_samples"] = result.dropped_samples
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        if args.validation_prompt:
-            save_validation_images(trainer, args)
+        carded = [saved]
+        validation = save_validation_images(trainer, args) if args.validation_prompt else None
         if args.push_to_hub:  # before merging, which takes the adapter out of the UNet
             repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
             logger.info("Pushed the adapter: %s", push_adapter_to_hub(trainer.unwrapped_model, repo_id))
         if args.save_merged_pipeline:
+            merged = os.path.join(args.output_dir, "merged_pipeline")
+            os.makedirs(merged, exist_ok=True)
+            # The card first: merging takes the adapter, whose parameters the card counts, out of the UNet.
+            trainer.write_model_card(merged, "pipeline", card_notes=notes, search=search)
+            carded.append(merged)
             pipe = trainer.pipeline()
             unet = trainer.unwrapped_model
             if hasattr(unet, "merge_and_unload"):
                 pipe.unet = unet.merge_and_unload()
-            pipe.save_pretrained(os.path.join(args.output_dir, "merged_pipeline"))
+            pipe.save_pretrained(merged)
+        if validation is not None:
+            for folder in carded:
+                update_model_card(folder, validation=validation)
     trainer.end()
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from typing import Any
 
 import peft
@@ -30,10 +31,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .._registry import registered_methods
 from ..metrics.noise_norm import text_conditional_noise_norm
 from ..optim import adapter_param_groups
 from ..tuners.base import count_model_parameters
+from ..tuners.model_card import ModelFacts, method_name, search_provenance, write_model_card
 from . import checkpoints
 from .accelerator import create_accelerator, mixed_precision_dtype, move_module
 from .config import TrainingConfig, TrainingResult
@@ -92,10 +93,11 @@ class MemControlTrainer:
         self.family = StableDiffusionFamily(
             vae, text_encoder, tokenizer, accelerator.device, self.weight_dtype, encodings=encodings
         )
-        base_model = getattr(unet.config, "_name_or_path", None)
+        #: The base model's Hub id or folder (``None`` for a model built in memory), for fingerprints and cards.
+        self.base_model: str | None = getattr(unet.config, "_name_or_path", None) or None
 
         self.model = self._wrap_unet(unet, method)
-        self.run_fingerprint = run_fingerprint(method, train_dataset, config.seed, base_model)
+        self.run_fingerprint = run_fingerprint(method, train_dataset, config.seed, self.base_model)
         if config.gradient_checkpointing:
             self.base_unet.enable_gradient_checkpointing()
         self.model.to(accelerator.device)
@@ -438,17 +440,69 @@ class MemControlTrainer:
         )
 
     # ------------------------------------------------------------------ outputs
-    def save_adapter(self, output_dir: str | None = None) -> str:
-        """Save the result: the adapter with ``save_pretrained`` (or, for ``"full"``, the whole UNet)."""
+    def save_adapter(
+        self,
+        output_dir: str | None = None,
+        *,
+        card_notes: Mapping[str, Any] | None = None,
+        search: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Save the result with its model card: the adapter with ``save_pretrained`` in ``output_dir`` (or, for
+        ``"full"``, the whole UNet in ``output_dir/unet``); returns the folder written.
+
+        ``card_notes`` and ``search`` go to the card, see `write_model_card`.
+        """
         output_dir = output_dir or self.config.output_dir
         self.check_finite("adapter" if not isinstance(self.method, str) else "model")
         self.accelerator.wait_for_everyone()
+        model = self.unwrapped_model
+        target = output_dir if hasattr(model, "peft_config") else os.path.join(output_dir, "unet")
         if self.accelerator.is_main_process:
-            model = self.unwrapped_model
-            target = output_dir if hasattr(model, "peft_config") else os.path.join(output_dir, "unet")
             model.save_pretrained(target)
+            self.write_model_card(target, card_notes=card_notes, search=search)
         self.accelerator.wait_for_everyone()
-        return output_dir
+        return target
+
+    def write_model_card(
+        self,
+        folder: str,
+        output: str | None = None,
+        *,
+        card_notes: Mapping[str, Any] | None = None,
+        search: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Write the model card of an output of this run, ``folder/README.md`` (`peft_memcontrol.tuners.model_card`):
+        the base model, method, mask and trainable share, the data and the settings of the run; returns its path.
+
+        Args:
+            folder: the output's folder.
+            output: ``"adapter"``, ``"unet"`` or ``"pipeline"`` (a saved pipeline running the trained UNet); by
+                default what `save_adapter` saves for the method.
+            card_notes: facts the trainer does not know, added to the data and training sections: ``dataset`` (its
+                Hub id or local path), ``duplicate_groups`` (found in the data), ``mask_file`` and
+                ``learning_rate_source`` (where the mask and the learning rate came from), ``final_loss``.
+            search: the search provenance of the mask (`peft_memcontrol.tuners.model_card.search_provenance`); by
+                default what the adapter's config records (a `MemControlConfig` from a search).
+        """
+        summary = self.run_summary()
+        output = output or ("unet" if isinstance(self.method, str) else "adapter")
+        facts = ModelFacts.from_method(
+            self.method, output, self.base_model, summary["trainable_parameters"], summary["trainable_share"]
+        )
+        config = self.config
+        training = {
+            **summary,
+            "global_step": self.global_step,
+            "lr_scheduler": config.lr_scheduler,
+            "lr_warmup_steps": config.lr_warmup_steps,
+            "seed": config.seed,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "resolution": getattr(self.train_dataset, "resolution", None),
+            **(card_notes or {}),
+        }
+        if search is None and not isinstance(self.method, str):
+            search = search_provenance(self.method.to_dict())
+        return write_model_card(folder, facts, training=training, search=search)
 
     def pipeline(self, pipeline_cls: type | None = None, scheduler: Any = None) -> Any:
         """A text-to-image pipeline running the trained UNet (adapter applied, not merged).
@@ -492,21 +546,6 @@ class MemControlTrainer:
             "unet_parameters": base,
             "trainable_share": trainable / base,
         }
-
-
-def method_name(method: Any) -> str:
-    """The user-facing name of a trainer's ``method``: ``"full"``, a registered method's (``"svdiff"``),
-    ``"memcontrol (<base method>)"``, or the PEFT type of another PEFT method (``"lora"``)."""
-    if isinstance(method, str):
-        return method
-    base = getattr(method, "method", None)  # a MemControlConfig names the base method its mask applies to
-    if base is not None:
-        return f"memcontrol ({base})"
-    peft_type = str(getattr(method.peft_type, "value", method.peft_type)).lower()
-    return next(
-        (record.method for record in registered_methods() if isinstance(method, record.config_cls) and record.method),
-        peft_type,
-    )
 
 
 def training_banner(summary: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ from .._registry import method_of
 from ..model_parts import is_attention
 from ..slots import GRANULARITIES, SEMANTICS, AdapterPlan, Candidates, Mask, find_slot_containers, resolve_plan
 from .checkpoint import check_adapter_state_dict
-from .model_card import update_model_card
+from .model_card import ModelFacts, search_provenance, write_model_card
 from .targets import SUPPORTED_LAYERS
 
 
@@ -119,9 +119,13 @@ class MaskedTunerConfig(PeftConfig):
             )
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Save ``adapter_config.json`` and add this adapter's section to the folder's model card (README.md)."""
+        """Save ``adapter_config.json`` and the adapter's model card (README.md, `write_model_card`): what the adapter
+        is, how to load it and, for a searched mask, the search's provenance. Every way of saving an adapter
+        (``PeftModel.save_pretrained``, `push_adapter_to_hub`) saves the config, so every saved adapter has the card."""
         super().save_pretrained(save_directory, **kwargs)
-        update_model_card(save_directory, self)
+        write_model_card(
+            save_directory, ModelFacts.from_method(self, "adapter"), search=search_provenance(self.to_dict())
+        )
 
 
 def iter_base_modules(model: nn.Module):
