@@ -470,9 +470,6 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(summary, f, indent=2)
         carded = [saved]
         validation = save_validation_images(trainer, args) if args.validation_prompt else None
-        if args.push_to_hub:  # before merging, which takes the adapter out of the UNet
-            repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-            logger.info("Pushed the adapter: %s", push_adapter_to_hub(trainer.unwrapped_model, repo_id))
         if args.save_merged_pipeline:
             merged = os.path.join(args.output_dir, "merged_pipeline")
             os.makedirs(merged, exist_ok=True)
@@ -487,6 +484,9 @@ def main(argv: list[str] | None = None) -> None:
         if validation is not None:
             for folder in carded:
                 update_model_card(folder, validation=validation)
+        if args.push_to_hub:  # the saved folder: its card has the run's sections and validation images
+            repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+            logger.info("Pushed the adapter: %s", push_adapter_to_hub(saved, repo_id))
     trainer.end()
 
 

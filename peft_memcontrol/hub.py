@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from typing import Any
 
@@ -193,7 +195,7 @@ def _read_safetensors(path: str, device: str | torch.device) -> dict[str, torch.
 
 
 def push_adapter_to_hub(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     repo_id: str,
     *,
     adapter_name: str = "default",
@@ -204,20 +206,56 @@ def push_adapter_to_hub(
 ) -> str:
     """Upload ``model``'s adapter with its model card (base model, method, mask, trainable share, scores).
 
-    ``model`` is a ``PeftModel`` or a diffusers model with adapters. ``PeftModel.push_to_hub`` uploads the same
-    weights and config, but transformers' uploader replaces README.md with the Hub's card; this function keeps the
-    card that `save_pretrained` writes. Returns the URL of the commit.
+    ``model`` is a ``PeftModel``, a diffusers model with adapters, or a saved adapter folder. A folder is uploaded
+    as it was saved: its config, weights, card (README.md) and the images the card shows, nothing else (no
+    checkpoints), so the training script's card keeps its data, training and validation sections. A model is saved
+    first, with the card `save_pretrained` writes. ``PeftModel.push_to_hub`` uploads the same weights and config, but
+    transformers' uploader replaces README.md with the Hub's card. Returns the URL of the commit.
     """
     api = HfApi(token=token)
+    if isinstance(model, (str, os.PathLike)):
+        _check_saved_adapter(os.fspath(model))
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
-        if hasattr(model, "save_pretrained") and hasattr(model, "peft_config") and hasattr(model, "base_model"):
+        if isinstance(model, (str, os.PathLike)):
+            _copy_saved_adapter(os.fspath(model), folder)
+        elif hasattr(model, "save_pretrained") and hasattr(model, "peft_config") and hasattr(model, "base_model"):
             model.save_pretrained(folder, selected_adapters=[adapter_name])
             folder = os.path.join(folder, adapter_name) if adapter_name != "default" else folder
         else:
             _save_diffusers_adapter(model, folder, adapter_name)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
     return str(info)
+
+
+def _check_saved_adapter(folder: str) -> None:
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} is not a saved adapter folder: it lacks {missing}. Pass the folder `save_pretrained` wrote, "
+            "or the model itself."
+        )
+
+
+_CARD_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _copy_saved_adapter(source: str, target: str) -> None:
+    """Copy an adapter folder's config, weights and card, and the files inside it the card links to (images)."""
+    names = [CONFIG_NAME, WEIGHTS_NAME]
+    card = os.path.join(source, "README.md")
+    if os.path.isfile(card):
+        names.append("README.md")
+        with open(card, encoding="utf-8") as handle:
+            links = _CARD_LINK.findall(handle.read())
+        root = os.path.realpath(source)
+        for link in links:
+            path = os.path.realpath(os.path.join(source, link))
+            if "://" not in link and path.startswith(root + os.sep) and os.path.isfile(path):
+                names.append(os.path.relpath(path, root))
+    for name in dict.fromkeys(names):
+        os.makedirs(os.path.dirname(os.path.join(target, name)) or target, exist_ok=True)
+        shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
 
 
 def _save_diffusers_adapter(model: nn.Module, folder: str, adapter_name: str) -> None:

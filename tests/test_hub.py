@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import peft_memcontrol as pm
@@ -122,6 +124,28 @@ def _fake_hub(monkeypatch, remote):
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+
+def test_push_a_saved_folder_uploads_its_card_and_the_images_it_shows_only(tmp_path, monkeypatch):
+    model, folder = saved_adapter(tmp_path, "difffit")
+    (folder / "validation").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "validation" / "image_0.png")
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (folder / "training_summary.json").write_text("{}")
+    with open(folder / "README.md", "a", encoding="utf-8") as card:
+        card.write("\n![validation image 0](validation/image_0.png) [outside](../secret.txt)\n")
+    (tmp_path / "secret.txt").write_text("not for the Hub")
+    remote = tmp_path / "remote"
+    _fake_hub(monkeypatch, remote)
+    pm.push_adapter_to_hub(str(folder), "someone/difffit")
+    pushed = remote / "someone/difffit"
+    files = sorted(str(path.relative_to(pushed)) for path in pushed.rglob("*") if path.is_file())
+    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "validation/image_0.png"]
+    assert (pushed / "README.md").read_text() == (folder / "README.md").read_text()
+    with pytest.raises(FileNotFoundError, match="lacks .*adapter_model.safetensors"):
+        pm.push_adapter_to_hub(str(folder / "validation"), "someone/nothing")
+    assert not (remote / "someone/nothing").exists()
 
 
 def _fill_hub_cache(cache, repo_id, files_from, commit="a" * 40):
