@@ -107,6 +107,14 @@ def test_cli_prints_the_noise_and_writes_it_into_the_front(tmp_path, capsys, cap
     assert any("mostly run-to-run noise" in warning for warning in front["warnings"])
     assert any("mostly run-to-run noise" in record.getMessage() for record in caplog.records)
 
+    # the chosen mask records where it sits on the front, why it was chosen, and the noise its scores carry
+    search = json.loads((folder / "chosen" / "knee" / "adapter_config.json").read_text())["search"]
+    keys = [point["key"] for point in front["front"]]
+    assert search["chosen"] == "knee" and search["front_size"] == len(keys)
+    assert keys[search["front_position"] - 1] == front["references"]["candidate_key"]
+    assert search["noise"] == {**noise, "runs": 3}
+    assert "knee" in (folder / "chosen" / "knee" / "README.md").read_text()
+
     with pytest.raises(SystemExit):
         cli_main([*args, "--noise_runs", "x"])
     assert cli_main([*args, "--noise_runs", "0"]) == 2

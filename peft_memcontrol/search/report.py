@@ -181,7 +181,7 @@ def save_chosen(result: SearchResult, chosen: dict[str, FrontPoint], output_dir:
             logger.warning("Chosen mask %r mixes methods; it is kept in front.json only.", name)
             continue
         folder = os.path.join(output_dir, "chosen", name)
-        result.to_config(point).save_pretrained(folder)
+        result.to_config(point, chosen=name).save_pretrained(folder)
         folders[name] = folder
     return folders
 

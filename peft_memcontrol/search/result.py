@@ -137,9 +137,12 @@ class SearchResult:
         index = best_within([p.scores for p in self.front], quality, {memorization: max_memorization})
         return None if index is None else self.front[index]
 
-    def to_config(self, point: FrontPoint, **kwargs: Any) -> MemControlConfig:
+    def to_config(self, point: FrontPoint, chosen: str | None = None, **kwargs: Any) -> MemControlConfig:
         """The point's mask as a `MemControlConfig` that ``get_peft_model`` takes (scores and search recorded).
 
+        The config's ``search`` records the search's facts, the genome, the generation, the point's place on the
+        front (``front_position``, 1-based in the order of the first objective, of ``front_size``), ``chosen`` (why
+        it was picked: ``"knee"``, ...) and, when measured (`references`), the noise of one evaluation per objective.
         ``kwargs`` override the search's `config_kwargs` (e.g. ``mask_semantics``, ``method_options``).
         """
         candidate = point.candidate
@@ -151,6 +154,13 @@ class SearchResult:
         method, mask = next(iter(candidate.masks.items()))
         search = {**self.search_info, "genome": list(candidate.genome), "layout": self.space.name}
         search["generation"] = point.record.get("generation")
+        keys = [front_point.candidate.key for front_point in self.front]
+        if candidate.key in keys:
+            search["front_position"], search["front_size"] = keys.index(candidate.key) + 1, len(keys)
+        if chosen is not None:
+            search["chosen"] = chosen
+        if self.references is not None and len(self.references.runs) > 1:
+            search["noise"] = {**self.references.noise(), "runs": len(self.references.runs)}
         options = {**self.config_kwargs, **kwargs}
         return MemControlConfig(
             method=method,
