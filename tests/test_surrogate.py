@@ -8,8 +8,8 @@ import random
 
 import numpy as np
 
-from peft_memcontrol.search import GenomeSpace
-from peft_memcontrol.search.surrogate import EncodedGenomes, GaussianProcess, choose_offspring
+from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig
+from peft_memcontrol.search.surrogate import EncodedGenomes, GaussianProcess, can_screen, choose_offspring
 from peft_memcontrol.search.synthetic import SyntheticMaskProblem
 
 
@@ -81,3 +81,28 @@ def test_a_method_choice_genome_is_encoded_by_equality_of_choices():
     expected = [[sum(x != y for x, y in zip(a, b)) / 3 for b in encoded.units] for a in encoded.units]
     np.testing.assert_allclose(hamming, expected)
     assert list(itertools.chain(*expected))[1] == 1 / 3  # 1 vs 2 differs as much as 0 vs 2
+
+
+class AtMostBitsOn:
+    """A constraint: masks with at most ``limit`` units on (a stand-in for a trainable-share budget)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, candidate) -> bool:
+        return sum(candidate.bits) <= self.limit
+
+
+def test_the_surrogate_screens_only_offspring_that_meet_the_constraint():
+    space = GenomeSpace(units=tuple(f"unit.{i}" for i in range(10)), learning_rate_bounds=None)
+    config = SearchConfig(population_size=8, generations=6, seed=0)
+    result = MaskSearcher(
+        space, SyntheticMaskProblem(10, seed=1), config=config, constraint=AtMostBitsOn(4), progress=False
+    ).run()
+    records = result.records
+    ok_before = {g: sum(r["status"] == "ok" for r in records if r["generation"] < g) for g in range(7)}
+    screened = [r for r in records if r["generation"] >= 1 and can_screen(space, ok_before[r["generation"]])]
+    # the first population, drawn before the surrogate, holds all-on (over the limit); screened generations send
+    # only feasible masks, counted here from their bits
+    assert any(sum(r["genome"]) > 4 for r in records if r["generation"] == 0)
+    assert len(screened) >= 16 and all(sum(r["genome"]) <= 4 and r["status"] == "ok" for r in screened)

@@ -376,10 +376,19 @@ class MaskSearcher:
             if len(children) == count * pool:
                 break
         if screen:
+            feasible, infeasible = self._split_by_constraint(children)
             genomes, values = [r["genome"] for r in training], [r["values"] for r in training]
-            chosen = choose_offspring(self.space, genomes, values, children, count, self.rng)
-            children = [children[index] for index in chosen]
+            chosen = choose_offspring(self.space, genomes, values, feasible, min(count, len(feasible)), self.rng)
+            children = [feasible[index] for index in chosen] + infeasible[: count - len(chosen)]
         return children
+
+    def _split_by_constraint(self, genomes: list[Genome]) -> tuple[list[Genome], list[Genome]]:
+        """``genomes`` that meet the search's constraint, and those that do not (the surrogate screens only the first:
+        an infeasible offspring trains nothing and takes a place of the generation)."""
+        if self.constraint is None:
+            return genomes, []
+        meets = [self.constraint(self.space.decode(genome)) for genome in genomes]
+        return [g for g, ok in zip(genomes, meets) if ok], [g for g, ok in zip(genomes, meets) if not ok]
 
     def _offspring_count(self, generation: int) -> int:
         """Offspring per generation, or fewer in the generation that reaches ``max_evaluations``."""
