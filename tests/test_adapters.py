@@ -1,4 +1,7 @@
-"""The four methods through PEFT's and diffusers' adapter APIs, on tiny SD-1.5, SDXL and DiT models."""
+"""The four methods on tiny SD-1.5, SDXL and DiT models: identity at init, masked gradients, merge formulas, large SVDs.
+
+The PEFT and diffusers adapter calls one by one (named adapters, set_adapters, fuse, half precision, gradient
+checkpointing, ...) are walked in tests/test_conformance.py."""
 
 from __future__ import annotations
 
@@ -134,84 +137,6 @@ def test_svd_factors_are_never_saved(tmp_path):
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
     assert keys and all(re.search(r"\.mc_svdiff_(spectral|norm)_shift$", key) for key in keys)
     assert not any(k for k in model.state_dict() if "base_layer" not in k and "mc_svdiff" not in k and "mc_" in k)
-
-
-def test_several_named_adapters(method):
-    inputs = sd15_inputs()
-    torch.manual_seed(3)
-    model = get_peft_model(build_sd15_unet(), CONFIGS[method](init_weights=False))
-    first = run(model, inputs)
-    torch.manual_seed(4)
-    model.add_adapter("second", CONFIGS[method](init_weights=False))
-    model.set_adapter("second")
-    second = run(model, inputs)
-    assert not torch.allclose(first, second)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n, _ in model.named_parameters() if n.endswith(".second")
-    }
-    model.set_adapter("default")
-    assert torch.equal(run(model, inputs), first)
-    model.delete_adapter("default")
-    model.set_adapter("second")
-    assert torch.equal(run(model, inputs), second)
-    assert not any(n.endswith(".default") for n, _ in model.named_parameters())
-
-
-def test_diffusers_adapter_api(method):
-    inputs = sd15_inputs()
-    base_output = run(build_sd15_unet(), inputs)
-    unet = build_sd15_unet()
-    torch.manual_seed(5)
-    unet.add_adapter(CONFIGS[method](init_weights=False), adapter_name="mask")
-    adapted = run(unet, inputs)
-    assert not torch.allclose(adapted, base_output)
-    unet.set_adapters(["mask"], [0.0])
-    torch.testing.assert_close(run(unet, inputs), base_output, rtol=1e-5, atol=1e-5)
-    unet.set_adapters(["mask"], [1.0])
-    torch.testing.assert_close(run(unet, inputs), adapted)
-    unet.disable_adapters()
-    assert torch.equal(run(unet, inputs), base_output)
-    unet.enable_adapters()
-    torch.testing.assert_close(run(unet, inputs), adapted)
-    unet.fuse_lora()
-    torch.testing.assert_close(run(unet, inputs), adapted, rtol=1e-5, atol=1e-5)
-    unet.unfuse_lora()
-    unet.unload_lora()
-    assert torch.equal(run(unet, inputs), base_output)
-
-
-def test_half_precision_base_model(method):
-    inputs = sd15_inputs()
-    torch.manual_seed(6)
-    reference = get_peft_model(build_sd15_unet(), CONFIGS[method](init_weights=False))
-    expected = run(reference, inputs)
-    model = get_peft_model(build_sd15_unet().to(torch.bfloat16), CONFIGS[method]())
-    model.load_state_dict(
-        {k: v for k, v in reference.state_dict().items() if ".mc_" in k and "base_layer" not in k}, strict=False
-    )
-    adapter_params = [p for n, p in model.named_parameters() if p.requires_grad]
-    assert adapter_params and all(p.dtype == torch.float32 for p in adapter_params)
-    bf16_inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
-    output = run(model, bf16_inputs)
-    assert output.dtype == torch.bfloat16
-    torch.testing.assert_close(output.float(), expected, rtol=0.1, atol=0.1)
-
-
-def test_gradient_checkpointing_gives_the_same_gradients():
-    inputs = sd15_inputs()
-    grads = []
-    for checkpointing in (False, True):
-        torch.manual_seed(7)
-        unet = build_sd15_unet()
-        if checkpointing:
-            unet.enable_gradient_checkpointing()
-        model = get_peft_model(unet, SVDiffConfig(init_weights=False))
-        model.train()
-        model(**inputs).sample.pow(2).mean().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
 
 
 def test_param_groups_give_svdiff_norm_shifts_their_own_learning_rate():
