@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +45,21 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from peft import LoraConfig, PeftConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
+from peft_memcontrol.evaluation import dataset_split
 from peft_memcontrol.hub import push_adapter_to_hub
+from peft_memcontrol.metrics import (
+    DEFAULT_FEATURE,
+    calibrate_copy_detection,
+    extract_features,
+    find_duplicate_groups,
+    get_feature_extractor,
+)
 from peft_memcontrol.slots import Mask
 from peft_memcontrol.tiny_sd import tiny_pipeline_path
 from peft_memcontrol.training import (
     CaptionWordRepetition,
     MemControlTrainer,
+    MemorizationMonitor,
     RandomWordAddition,
     RandomWordReplacement,
     TrainingConfig,
@@ -253,6 +263,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--caption_word_repetition", type=int, default=0, help="Repeat this many words of each caption."
     )
 
+    monitoring = parser.add_argument_group("memorization monitoring")
+    monitoring.add_argument(
+        "--memorization_check_steps",
+        type=int,
+        default=0,
+        help="Every N steps (and before the first), generate for the at-risk prompts and count copies of training "
+        "images, with a threshold calibrated on --memorization_held_out_dir (0: off).",
+    )
+    monitoring.add_argument(
+        "--memorization_held_out_dir",
+        default=None,
+        help="An image folder of images that are NOT in the training data (metadata.jsonl or .csv): they set the copy "
+        "threshold at --copy_false_positive_rate. Needed with --memorization_check_steps.",
+    )
+    monitoring.add_argument(
+        "--memorization_check_prompts",
+        type=int,
+        default=8,
+        help="At-risk prompts per check: the captions of duplicated training images first, then a seeded sample.",
+    )
+    monitoring.add_argument(
+        "--memorization_feature",
+        default=DEFAULT_FEATURE,
+        help="Feature space of the copy check (a built-in name such as efficientnet-lite0, clip, dinov2, or a Hub id).",
+    )
+    monitoring.add_argument(
+        "--copy_false_positive_rate",
+        type=float,
+        default=0.01,
+        help="Share of held-out images the copy threshold may call copies (needs at least 1/rate - 1 of them).",
+    )
+    monitoring.add_argument(
+        "--stop_on_copy", action="store_true", help="Stop training at the first check that finds a copy."
+    )
+
     output = parser.add_argument_group("validation and output")
     output.add_argument(
         "--validation_prompt", default=None, help="A prompt that is sampled after training for inference."
@@ -294,6 +339,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.hub_token is not None:
         raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
+    if args.memorization_check_steps < 0:
+        raise ValueError(f"--memorization_check_steps must be >= 0 (0: off), got {args.memorization_check_steps}.")
+    if args.memorization_check_steps and not args.memorization_held_out_dir:
+        raise ValueError(
+            "--memorization_check_steps needs --memorization_held_out_dir: images that are not in the training data "
+            "set the copy threshold (without them the threshold would be a guess, and its error rates unknown)."
+        )
     if args.push_to_hub and args.method == "full":
         raise ValueError(
             "--push_to_hub uploads an adapter; --method full trains the whole UNet: upload output_dir/unet with "
@@ -427,11 +479,58 @@ def mask_search_provenance(args: argparse.Namespace) -> dict[str, Any] | None:
     return {**args.mask_file.provenance, "mask_file": args.mask}
 
 
+def build_memorization_monitor(args: argparse.Namespace, dataset: Any, resolution: int) -> MemorizationMonitor | None:
+    """The monitor of ``--memorization_check_steps`` (``None`` when off): the at-risk prompts are the captions of
+    duplicated training images (exact or, in the feature space, above the calibrated threshold) and then a seeded
+    sample of the others; the reference set is every training image."""
+    if not args.memorization_check_steps:
+        return None
+    extractor = get_feature_extractor(args.memorization_feature)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return extract_features(images, extractor)
+
+    training = dataset_split(dataset)
+    held_out = dataset_split(
+        load_training_dataset(train_data_dir=args.memorization_held_out_dir, resolution=resolution, center_crop=True)
+    )
+    calibration = calibrate_copy_detection(
+        training.images, held_out.images, embed, false_positive_rate=args.copy_false_positive_rate
+    )
+    logger.info("Memorization monitoring, %s", calibration.describe())
+    features = embed(training.images)
+    groups = find_duplicate_groups(training.images, features, calibration.threshold)
+    rows = [group.indices[0] for group in groups]
+    others = [row for row in range(len(training.captions)) if row not in rows]
+    rows += random.Random(args.seed).sample(
+        others, max(0, min(len(others), args.memorization_check_prompts - len(rows)))
+    )
+    prompts = [training.captions[row] for row in rows[: args.memorization_check_prompts]]
+    logger.info(
+        "Memorization monitoring: %d at-risk prompts (%d from duplicated images), every %d steps.",
+        len(prompts),
+        min(len(groups), len(prompts)),
+        args.memorization_check_steps,
+    )
+    return MemorizationMonitor(
+        prompts,
+        training.images,
+        calibration,
+        embed,
+        args.memorization_check_steps,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        stop_on_copy=args.stop_on_copy,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_path = args.pretrained_model_name_or_path or tiny_pipeline_path()
 
+    resolution = args.resolution or native_resolution(model_path, args.revision)
     dataset = load_training_dataset(
         train_data_dir=args.train_data_dir,
         dataset_name=args.dataset_name,
@@ -440,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         caption_column=args.caption_column,
         dataset_config_name=args.dataset_config_name,
         cache_dir=args.cache_dir,
-        resolution=args.resolution or native_resolution(model_path, args.revision),
+        resolution=resolution,
         center_crop=args.center_crop,
         random_flip=args.random_flip,
         max_train_samples=args.max_train_samples,
@@ -458,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {**trainer.run_summary(), "mask_file": args.mask, "learning_rate_source": args.learning_rate_source}
     for line in training_banner(summary):
         logger.info(line)
-    result = trainer.train()
+    result = trainer.train(monitor=build_memorization_monitor(args, dataset, resolution))
     final_loss = result.losses[-1] if result.losses else None
     notes, search = card_notes(args, final_loss), mask_search_provenance(args)
     saved = trainer.save_adapter(args.output_dir, card_notes=notes, search=search)
@@ -466,6 +565,9 @@ def main(argv: list[str] | None = None) -> None:
         summary["global_step"] = result.global_step
         summary["final_loss"] = final_loss
         summary["dropped_samples"] = result.dropped_samples
+        if result.memorization_checks:
+            summary["memorization_checks"] = result.memorization_checks
+            summary["stopped_at_copy"] = result.stopped_at_copy
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         carded = [saved]

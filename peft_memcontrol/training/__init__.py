@@ -22,6 +22,7 @@ from .mitigations import (
     threshold_keep_mask,
     tokenizer_words,
 )
+from .monitoring import MemorizationCheck, MemorizationMonitor
 from .trainer import MemControlTrainer
 
 
@@ -30,6 +31,8 @@ __all__ = [
     "CaptionWordRepetition",
     "ImageCaptionDataset",
     "MemControlTrainer",
+    "MemorizationCheck",
+    "MemorizationMonitor",
     "ModelFamily",
     "ProxySet",
     "RandomWordAddition",

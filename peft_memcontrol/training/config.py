@@ -197,6 +197,9 @@ class TrainingResult:
         dropped_samples: samples that threshold filtering left out of the loss, over all processes.
         seen_samples: samples the run's steps drew, over all processes.
         output_dir: where the run wrote its checkpoints and logs.
+        memorization_checks: the memorization monitor's checks (`MemorizationCheck.to_dict`), in order; empty
+            without a monitor.
+        stopped_at_copy: whether the monitor stopped the run because a check found a copy.
     """
 
     global_step: int
@@ -204,3 +207,5 @@ class TrainingResult:
     dropped_samples: int = 0
     seen_samples: int = 0
     output_dir: str | None = None
+    memorization_checks: list[dict] = field(default_factory=list)
+    stopped_at_copy: bool = False

@@ -42,6 +42,7 @@ from .data import StepBatchSampler, collate_image_captions, mix_seed
 from .encodings import EncodingCache
 from .families import StableDiffusionFamily
 from .mitigations import apply_caption_transforms, drop_captions, threshold_keep_mask, with_tokenizer_words
+from .monitoring import MemorizationMonitor
 
 
 class MemControlTrainer:
@@ -350,8 +351,12 @@ class MemControlTrainer:
         return self._uncond_embeddings
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> TrainingResult:
-        """Run (or resume) training to ``max_train_steps`` optimizer steps; returns a `TrainingResult`."""
+    def train(self, monitor: MemorizationMonitor | None = None) -> TrainingResult:
+        """Run (or resume) training to ``max_train_steps`` optimizer steps; returns a `TrainingResult`.
+
+        ``monitor`` checks for copies of training images before the first step and every ``monitor.every_n_steps``
+        steps (`peft_memcontrol.training.monitoring`); with ``stop_on_copy`` the run ends at the first copy found.
+        """
         config, accelerator = self.config, self.accelerator
         if config.resume_from_checkpoint:
             self.resume(config.resume_from_checkpoint)
@@ -389,7 +394,12 @@ class MemControlTrainer:
         running = 0.0
         self.model.train()
         micro_step = self.global_step * accumulation
-        for batch in loader:
+        stopped_at_copy = False
+        if monitor is not None and self.global_step == 0:
+            first = monitor.check(self)
+            progress.write(f"Memorization check, {first.verdict()}.")
+            stopped_at_copy = monitor.should_stop(first)
+        for batch in () if stopped_at_copy else loader:
             with accelerator.accumulate(self.model):
                 loss, _, kept = self.compute_loss(batch, micro_step)
                 # Gathered first, so that every process sees a bad loss and stops together.
@@ -427,6 +437,12 @@ class MemControlTrainer:
                 running = 0.0
                 if config.checkpointing_steps and self.global_step % config.checkpointing_steps == 0:
                     self.save_checkpoint()
+                if monitor is not None and monitor.due(self.global_step):
+                    check = monitor.check(self)
+                    progress.write(f"Memorization check, {check.verdict()}.")
+                    if monitor.should_stop(check):
+                        stopped_at_copy = True
+                        break
                 if self.global_step >= config.max_train_steps:
                     break
         progress.close()
@@ -437,6 +453,8 @@ class MemControlTrainer:
             dropped_samples=dropped,
             seen_samples=seen,
             output_dir=config.output_dir,
+            memorization_checks=[check.to_dict() for check in monitor.history] if monitor is not None else [],
+            stopped_at_copy=stopped_at_copy,
         )
 
     # ------------------------------------------------------------------ outputs
