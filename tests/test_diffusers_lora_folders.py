@@ -21,23 +21,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import peft_memcontrol as pm
-from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
+from peft_memcontrol import SVDiffConfig
 from peft_memcontrol.hub import DIFFUSERS_CONFIG_KEY, DIFFUSERS_WEIGHTS_NAME
 
-from helpers.models import build_random_pipeline, build_sd15_unet, run, sd15_inputs
+from helpers.models import RANDOM_ADAPTERS, build_random_pipeline, build_sd15_unet, run, sd15_inputs
 
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["to_q", "to_v", "conv1"], "init_lora_weights": False}
-OURS = {
-    "svdiff": lambda: SVDiffConfig(init_weights=False),
-    "difffit": lambda: DiffFitConfig(init_weights=False),
-    "masked_attention": lambda: MaskedAttentionConfig(init_weights=False, attention_only=True),
-    "memcontrol": lambda: MemControlConfig(
-        method="difffit",
-        init_weights=False,
-        mask=pm.Mask.from_bits([1, 0] * 8, pm.get_layout("sd15-reference-16").genome),
-    ),
-}
+OURS = RANDOM_ADAPTERS
 
 
 def unet_with_lora() -> torch.nn.Module:

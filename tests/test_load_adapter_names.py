@@ -14,20 +14,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 import peft_memcontrol as pm
-from peft_memcontrol import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 
-from helpers.models import build_sd15_unet
+from helpers.models import RANDOM_ADAPTERS, build_sd15_unet
 
 
 CONFIGS = {
-    "svdiff": lambda: SVDiffConfig(init_weights=False),
-    "difffit": lambda: DiffFitConfig(init_weights=False),
-    "masked_attention": lambda: MaskedAttentionConfig(init_weights=False, attention_only=True),
-    "memcontrol": lambda: MemControlConfig(
-        method="difffit",
-        init_weights=False,
-        mask=pm.Mask.from_bits([1, 0] * 8, pm.get_layout("sd15-reference-16").genome),
-    ),
+    **RANDOM_ADAPTERS,
     "lora": lambda: LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v", "conv1"], init_lora_weights=False),
 }
 ADAPTER_NAMES = ["0", "1", "attn1", "default", "mask"]

@@ -71,7 +71,8 @@ class MemorizationMonitor:
         calibration: the copy threshold and its error rates, calibrated in the feature space of ``embed``.
         embed: images (N, 3, H, W) in [0, 1] -> (N, d) features; the one the calibration used.
         every_n_steps: steps between checks.
-        num_inference_steps, guidance_scale: generation settings of every check.
+        num_inference_steps: denoising steps of every check's generations.
+        guidance_scale: classifier-free guidance scale of every check's generations.
         seed: of every check's generations (the same each time).
         stop_on_copy: stop training at the first check that finds a copy.
     """

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from peft_memcontrol import DiffFitConfig, Mask, MaskedAttentionConfig, MemControlConfig, SVDiffConfig, get_layout
 from peft_memcontrol.tiny_sd import TINY_TEXT_ENCODER_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
 
@@ -284,3 +285,17 @@ def build_random_pipeline(seed: int = 0, text_blind: bool = False) -> StableDiff
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+#: Each of the four methods with random adapter values (masked attention on the projections only; MemControl: DiffFit
+#: on 8 of the tiny SD-1.5 UNet's 16 slots), for tests that load, save and compare adapters.
+RANDOM_ADAPTERS: dict[str, Callable[[], Any]] = {
+    "svdiff": lambda: SVDiffConfig(init_weights=False),
+    "difffit": lambda: DiffFitConfig(init_weights=False),
+    "masked_attention": lambda: MaskedAttentionConfig(init_weights=False, attention_only=True),
+    "memcontrol": lambda: MemControlConfig(
+        method="difffit",
+        init_weights=False,
+        mask=Mask.from_bits([1, 0] * 8, get_layout("sd15-reference-16").genome),
+    ),
+}
