@@ -55,27 +55,34 @@ FRESH_PROCESS = textwrap.dedent(
     from helpers.models import build_sd15_unet, run, sd15_inputs
     import peft_memcontrol
     from peft import PeftModel
-    model = PeftModel.from_pretrained(build_sd15_unet(), {folder!r}, is_trainable={trainable})
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    torch.save({{"output": run(model, sd15_inputs()), "trainable": trainable}}, {out!r})
+    results = {{}}
+    for method, folder in {folders!r}.items():
+        for trainable in (False, True):
+            model = PeftModel.from_pretrained(build_sd15_unet(), folder, is_trainable=trainable)
+            count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            results[(method, trainable)] = {{"output": run(model, sd15_inputs()), "trainable": count}}
+    torch.save(results, {out!r})
     """
 )
 
 
-@pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_fresh_process_loads_identical_outputs(tmp_path, method):
-    model, folder = saved_adapter(tmp_path, method)
-    expected = run(model, sd15_inputs())
-    assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
-    assert type(PeftConfig.from_pretrained(folder)) is type(CONFIGS[method]())
-    for trainable in (False, True):
-        out = tmp_path / f"out-{trainable}.pt"
-        script = FRESH_PROCESS.format(tests=TESTS, folder=str(folder), trainable=trainable, out=str(out))
-        subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        result = torch.load(out)
-        assert torch.equal(result["output"], expected)
+def test_fresh_process_loads_identical_outputs(tmp_path):
+    """Every method's saved adapter, loaded frozen and trainable in one fresh process (one interpreter start)."""
+    saved = {method: saved_adapter(tmp_path, method) for method in sorted(CONFIGS)}
+    for method, (_, folder) in saved.items():
+        assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert type(PeftConfig.from_pretrained(folder)) is type(CONFIGS[method]())
+    out = tmp_path / "out.pt"
+    folders = {method: str(folder) for method, (_, folder) in saved.items()}
+    script = FRESH_PROCESS.format(tests=TESTS, folders=folders, out=str(out))
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    results = torch.load(out)
+    for method, (model, _) in saved.items():
+        expected = run(model, sd15_inputs())
         count = model.peft_config["default"].trainable_parameters
-        assert result["trainable"] == (count if trainable else 0)
+        for trainable in (False, True):
+            assert torch.equal(results[(method, trainable)]["output"], expected), method
+            assert results[(method, trainable)]["trainable"] == (count if trainable else 0), method
 
 
 def test_model_card_names_method_mask_share_and_scores(tmp_path):
