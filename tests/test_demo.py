@@ -61,6 +61,7 @@ def test_quick_demo_writes_a_parsable_report(tmp_path, capsys):
     out = tmp_path / "demo"
     # the quick preset, made smaller still: this test checks the report, not the numbers (README times the preset)
     smaller = ["--max_train_steps", "10", "--search_train_steps", "3", "--num_inference_steps", "4"]
+    smaller += ["--num_generations", "2"]
     assert main(["demo", "--quick", "--device", "cpu", "--no_progress", *smaller, "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| method |" in printed and "Report in" in printed
