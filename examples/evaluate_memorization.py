@@ -83,6 +83,7 @@ from peft_memcontrol.metrics import (
     find_duplicate_groups,
 )
 from peft_memcontrol.tiny_sd import tiny_pipeline_path
+from peft_memcontrol.tuners.model_card import update_model_card
 
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -141,11 +142,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     output.add_argument("--output_dir", default="memorization-eval")
     output.add_argument("--save_generations", action="store_true", help="PNGs and generations.safetensors.")
     output.add_argument(
+        "--update_model_card",
+        action="store_true",
+        help="Write the scores, the verdict and the copy threshold into --adapter_dir's model card (README.md; its "
+        "other sections are kept).",
+    )
+    output.add_argument(
         "--disable_progress",
         action="store_true",
         help="Hide the progress bars of reading, embedding, calibration, generation and the attack.",
     )
     args = parser.parse_args(argv)
+    if args.update_model_card and not args.adapter_dir:
+        raise ValueError("--update_model_card writes into the evaluated model's card: give --adapter_dir.")
     for name in ("num_attack_prompts", "num_generations", "noise_norm_generations"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
@@ -374,7 +383,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         handle.write("\n".join(report) + "\n")
     print("\n".join(report))
     print(f"Results in {args.output_dir}/results.json")
+    if args.update_model_card:
+        print(f"Scores added to {write_scores_to_card(args.adapter_dir, values, verdict, calibration)}")
     return results
+
+
+def write_scores_to_card(adapter_dir: str, values: dict[str, Any], verdict: str, calibration: Any) -> str:
+    """The evaluation section of the adapter's (or, for a full fine-tune, its ``unet/``'s) model card: every score
+    of the table, the verdict and the copy threshold with its error rates; returns the card's path."""
+    unet_card = os.path.join(adapter_dir, "unet", "README.md")
+    folder = os.path.join(adapter_dir, "unet") if os.path.isfile(unet_card) else adapter_dir
+    evaluation = {header: values[key] for key, header, _ in EVALUATION_COLUMNS[1:]}
+    evaluation["verdict"] = verdict
+    evaluation["calibration"] = "; ".join(calibration.describe())
+    return update_model_card(folder, evaluation=evaluation)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,17 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path, capsys):
     common = ["--train_data_dir", digits.train_dir, "--test_data_dir", digits.test_dir, *FAST]
     common += ["--num_attack_prompts", "3", "--max_train_images", "4", "--num_fid_images", "4"]
     base = script.main([*common, "--output_dir", str(tmp_path / "base")])
-    tuned = script.main([*common, "--adapter_dir", str(adapter), "--output_dir", str(tmp_path / "tuned")])
+    card_before = (adapter / "README.md").read_text()
+    tuned = script.main(
+        [*common, "--adapter_dir", str(adapter), "--output_dir", str(tmp_path / "tuned"), "--update_model_card"]
+    )
+    # the adapter's card gains the evaluation section (the scores of results.json) and keeps everything else
+    card = (adapter / "README.md").read_text()
+    assert "## Memorization and quality" in card and "## Memorization and quality" not in card_before
+    assert f"| FID ↓ | {tuned['scores']['fid']:.6g} |" in card and f"| verdict | {tuned['verdict']} |" in card
+    assert card_before.split("## How to load it")[0] == card.split("## How to load it")[0]
+    with pytest.raises(ValueError, match="give --adapter_dir"):
+        script.parse_args([*common, "--update_model_card"])
     # attacked prompts: one per duplicate group among the 4 drawn rows, then random rows among them
     assert base["counts"] == tuned["counts"]
     assert base["counts"]["test_images"] == 4 and base["counts"]["reference_images"] == 4

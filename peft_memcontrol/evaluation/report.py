@@ -28,6 +28,7 @@ PER_RUN_SETTINGS = frozenset(
         "generation_batch_size",
         "output_dir",
         "save_generations",
+        "update_model_card",
         "disable_progress",
     }
 )
