@@ -105,6 +105,10 @@ def test_launch_script_checks_the_duplicated_images_prompt_first_and_records_the
     common = ["--train_data_dir", train, "--output_dir", str(out), "--max_train_steps", "2", "--report_to", "none"]
     with pytest.raises(ValueError, match="needs --memorization_held_out_dir"):
         launch_script.parse_args([*common, "--memorization_check_steps", "1"])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        launch_script.parse_args(
+            [*common, "--memorization_check_steps", "-1", "--memorization_held_out_dir", held_out]
+        )
     launch_script.main(
         [*common, "--train_batch_size", "2", "--memorization_check_steps", "1", "--memorization_held_out_dir"]
         + [held_out, "--memorization_check_prompts", "3", "--num_inference_steps", "2", "--copy_false_positive_rate"]

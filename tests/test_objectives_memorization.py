@@ -14,7 +14,12 @@ import torch
 from diffusers import DDPMScheduler
 
 from peft_memcontrol.evaluation import EvaluationSettings, SplitImages, dataset_split, feature_bank, generate
-from peft_memcontrol.metrics import calibrate_copy_detection
+from peft_memcontrol.metrics import (
+    calibrate_copy_detection,
+    extract_features,
+    get_feature_extractor,
+    nearest_neighbours,
+)
 from peft_memcontrol.sample_data import build_faces_dataset, lfw_faces
 from peft_memcontrol.sample_data.faces import face_caption
 from peft_memcontrol.search import GenomeSpace
@@ -114,8 +119,8 @@ MONITORED_PROMPTS = [face_caption(0), "", "a photo of a person"]
 
 def centred_pixels(images: torch.Tensor) -> torch.Tensor:
     """Each image's pixels minus their mean: cosine similarity is then the pixels' correlation. At 32 px it tells a
-    copy of the face from another face (near copies detected 100%, threshold 0.657 at 2%), where EfficientNet-Lite0
-    features cannot (detection 40%, threshold 0.913 above the copies' 0.57-0.77: measured)."""
+    copy of the face from another face (near copies detected 100%), where EfficientNet-Lite0 features cannot (the test
+    below asserts both)."""
     pixels = torch.as_tensor(images).float().flatten(1)
     return pixels - pixels.mean(dim=1, keepdim=True)
 
@@ -184,3 +189,11 @@ def test_copy_similarity_rises_when_the_unet_memorizes_one_face_while_the_noise_
     generated = monitor_generations(trainer).double().flatten(1).numpy()
     expected = [max(float(np.corrcoef(q, r)[0, 1]) for r in reference) for q in generated]
     assert checks[-1]["similarities"] == pytest.approx(expected, abs=1e-4)
+    # EfficientNet-Lite0 features at 32 px: the threshold at 2% finds under half the near copies and lies above every
+    # final generation, so a monitor in that space would report no copy (the monitor warns about such a threshold)
+    extractor = get_feature_extractor()
+    embed = lambda images: extract_features(images, extractor)  # noqa: E731
+    blind = calibrate_copy_detection(face.images, faces[1:], embed, false_positive_rate=0.02)
+    features = embed(monitor_generations(trainer))
+    assert blind.detection_rate < 0.5
+    assert nearest_neighbours(features, embed(face.images)).similarities.max() < blind.threshold
