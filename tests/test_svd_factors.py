@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from peft_memcontrol import MemControlConfig, SpectralFactorPool, SVDiffConfig, spectral_factor_bytes
+from peft_memcontrol import MemControlConfig, SpectralFactorPool, SVDiffConfig, spectral_factor_bytes, svd
 from peft_memcontrol.svd import weight_key
 from peft_memcontrol.tuners import SVDiffLayer
 
@@ -170,3 +170,37 @@ def test_factors_stay_float32_when_the_model_is_cast():
         assert all(factor.dtype == torch.float32 for factor in layer.spectral_factors)
     model.to(torch.float32)
     torch.testing.assert_close(run(model, inputs), expected, rtol=0, atol=1e-6)
+
+
+def _matrix_with_condition(rows: int, columns: int, condition: float, seed: int) -> torch.Tensor:
+    """A float32 matrix whose singular values fall log-evenly from 1 to ``1 / condition``."""
+    generator = torch.Generator().manual_seed(seed)
+    rank = min(rows, columns)
+    left, _ = torch.linalg.qr(torch.randn(rows, rank, dtype=torch.float64, generator=generator))
+    right, _ = torch.linalg.qr(torch.randn(columns, rank, dtype=torch.float64, generator=generator))
+    singular_values = torch.logspace(0, -torch.log10(torch.tensor(condition)).item(), rank, dtype=torch.float64)
+    return ((left * singular_values) @ right.T).float()
+
+
+@pytest.mark.parametrize(
+    "shape, condition",
+    [((1024, 1024), 0.9), ((512, 2048), 0.9), ((1024, 1024), 10.0)],
+    ids=["square", "wide", "square-beyond-the-limit"],
+)
+def test_fast_route_factors_are_orthonormal_up_to_the_condition_limit(shape, condition):
+    """Large weights take the Gram-matrix route (float64 eigendecomposition, `svd.SMALL_MATRIX`), which loses
+    orthogonality on ill-conditioned square weights when done in float32 (0.54 on 1280 x 1280, issue 17): at the
+    largest condition number it accepts, its factors must still be orthonormal (to the 1e-3 that cached factors are
+    held to, `svd._check_decomposition`; measured 2e-4 on the square case, the float64 bound eps * condition**2) and
+    rebuild the weight; beyond it the route declines and the weight takes LAPACK's SVD."""
+    matrix = _matrix_with_condition(*shape, condition * svd.CONDITION_LIMIT, seed=shape[1])
+    assert matrix.numel() >= svd.SMALL_MATRIX
+    found = svd._gram_svd(matrix)
+    if condition > 1:
+        assert found is None
+        return
+    u, s, vh = (factor.double() for factor in found)
+    eye = torch.eye(min(shape), dtype=torch.float64)
+    assert (u.T @ u - eye).abs().max() < 1e-3
+    assert (vh @ vh.T - eye).abs().max() < 1e-3
+    assert ((u * s) @ vh - matrix.double()).abs().max() < 1e-5
