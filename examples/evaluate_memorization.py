@@ -44,8 +44,10 @@ named instead).
 ``--adapter_dir`` is a training output of ``examples/train_text_to_image_memcontrol.py``: an adapter folder
 (``adapter_config.json``, loaded with `peft_memcontrol.load_adapter`) or, for ``--method full``, a folder with
 ``unet/``. Without it the base model is scored. Outputs in ``--output_dir``: ``results.json`` (scores, settings,
-model), ``results.md`` (a one-row table), and with ``--save_generations`` the scored generations as PNGs and as
-exact float tensors in ``generations.safetensors``.
+model), ``results.md`` (a one-row table), ``nearest.png`` (the attack's generations beside the training images they
+come closest to; with matplotlib) and ``prompt_records.safetensors`` (those images, so that ``memcontrol report`` can
+draw several runs side by side), and with ``--save_generations`` the scored generations as PNGs and as exact float
+tensors in ``generations.safetensors``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ from peft_memcontrol.evaluation import (
     load_split,
     markdown_table,
     memorization_verdict,
+    nearest_picture,
+    save_prompt_images,
 )
 from peft_memcontrol.metrics import (
     DuplicateGroup,
@@ -375,10 +379,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     if args.save_generations:
         results["generations"] = save_generations(scores, args.output_dir)
+    picture = None
+    if scores.prompt_records:
+        results["prompt_images"] = save_prompt_images(scores.prompt_records, args.output_dir)
+        try:
+            picture = nearest_picture({label: scores.prompt_records}, os.path.join(args.output_dir, "nearest.png"))
+        except ImportError as error:
+            print(f"No nearest.png: {error}")
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     table = markdown_table([{"method": label, **values}], EVALUATION_COLUMNS)
     report = [table, verdict, "", *plan_lines, "", "Calibration:", *(f"- {line}" for line in calibration.describe())]
+    if picture is not None:
+        report += ["", "![the attack's generations beside their nearest training images](nearest.png)"]
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(report) + "\n")
     print("\n".join(report))

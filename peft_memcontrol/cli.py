@@ -25,7 +25,7 @@ from diffusers import UNet2DConditionModel
 from .counting import meta_unet
 from .demo import runner as demo_runner
 from .demo.config import DemoConfig
-from .evaluation import RunComparisonError, combined_report, load_run
+from .evaluation import RunComparisonError, combined_report, load_run, runs_picture
 from .metrics.features import DEFAULT_FEATURE, TRANSFORMERS_ALIASES
 from .sample_data import build_faces_dataset
 from .search import (
@@ -472,6 +472,12 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", nargs="+", help="Folders holding a results.json.")
     parser.add_argument("--output", default=None, help="Also write the report to this markdown file.")
     parser.add_argument(
+        "--nearest_picture",
+        default=None,
+        help="PNG of each run's attack generations beside their nearest training images, for the prompts the first "
+        "run copies most closely. Default with --output: <output>-nearest.png beside it.",
+    )
+    parser.add_argument(
         "--allow_different_settings",
         action="store_true",
         help="Write the table even when the runs were scored differently, with the differences listed above it.",
@@ -480,12 +486,29 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Print (and write) the combined report; exit status 2 when the runs cannot share a table."""
+    """Print (and write) the combined report and its nearest-neighbour picture; exit status 2 when the runs cannot
+    share a table, or the picture asked for by ``--nearest_picture`` cannot be drawn."""
     try:
-        report = combined_report([load_run(folder) for folder in args.runs], args.allow_different_settings)
+        runs = [load_run(folder) for folder in args.runs]
+        report = combined_report(runs, args.allow_different_settings)
     except (RunComparisonError, FileNotFoundError, ValueError) as error:
         print(f"memcontrol report: error: {error}", file=sys.stderr)
         return 2
+    picture = args.nearest_picture
+    if picture is None and args.output:
+        picture = os.path.splitext(args.output)[0] + "-nearest.png"
+    if picture is not None:
+        try:
+            runs_picture(runs, picture)
+        except (FileNotFoundError, ValueError, ImportError) as error:
+            if args.nearest_picture is not None:
+                print(f"memcontrol report: error: {error}", file=sys.stderr)
+                return 2
+            print(f"memcontrol report: no nearest-neighbour picture: {error}", file=sys.stderr)
+        else:
+            folder = os.path.dirname(os.path.abspath(args.output)) if args.output else os.getcwd()
+            link = os.path.relpath(os.path.abspath(picture), folder)
+            report += f"\n![the attack's generations of each run beside their nearest training images]({link})\n"
     print(report)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:

@@ -102,6 +102,26 @@ def test_scores_match_an_independent_amd(digits, tmp_path):
     assert threshold == pytest.approx((held_out @ training.T).max().item(), abs=1e-5)
     assert saved["calibration"]["copy"]["false_positive_rate"] == pytest.approx(1 / 6)
 
+    # the nearest-neighbour picture's images: each prompt's representative is one of its own generations, beside
+    # the memorized image nearest to it in tiled L2 (brute force over tiles here), at the distance results.json says
+    assert (out / "nearest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "nearest.png" in (
+        out / "results.md"
+    ).read_text()
+    pictured = load_file(str(out / "prompt_records.safetensors"))
+    memorized = load_split(digits.memorization_dir, 32).images
+    for index, record in enumerate(saved["per_prompt"]):
+        generation = pictured["generation"][index]
+        assert any(torch.equal(generation, candidate) for candidate in generations["attack"][index])
+        tiles = [
+            ((generation - image)[:, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8].pow(2).mean().sqrt().item())
+            for image in memorized
+            for i, j in [(i, j) for i in range(4) for j in range(4)]
+        ]
+        distances = [max(tiles[16 * k : 16 * k + 16]) for k in range(len(memorized))]
+        nearest = min(range(len(memorized)), key=distances.__getitem__)
+        assert torch.equal(pictured["training"][index], memorized[nearest])
+        assert record["distance"] == pytest.approx(distances[nearest], abs=1e-5)
+
 
 @pytest.mark.slow
 def test_adapter_and_attack_prompts_from_training(digits, tmp_path, capsys):
@@ -151,6 +171,11 @@ def test_adapter_and_attack_prompts_from_training(digits, tmp_path, capsys):
         ]
         assert cells[5] == f"{run['scores']['amd']:.4f}" and cells[6] == str(run["scores"]["extracted"])
         assert run["verdict"] in report
+    # ... with their generations side by side: one column per run (plus the training image), one row per prompt
+    picture = tmp_path / "report-nearest.png"
+    assert picture.is_file() and "![" in report and picture.name in report
+    width, height = Image.open(picture).size  # figsize (1.3 per column, 1.55 per row + 0.5) inches at 100 dpi
+    assert width == pytest.approx(100 * 1.3 * 3, abs=1) and height == pytest.approx(100 * (1.55 * 3 + 0.5), abs=1)
     # a run scored with another attack threshold cannot share the table
     other = tmp_path / "other"
     other.mkdir()

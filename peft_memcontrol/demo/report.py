@@ -17,10 +17,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from ..evaluation.pictures import nearest_picture
 from ..evaluation.table import Column, markdown_table
 
 
@@ -47,44 +47,6 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str) -> str:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    return path
-
-
-def nearest_picture(
-    records: dict[str, list[dict[str, Any]]], path: str, num_prompts: int = 4, reference: str | None = None
-) -> str:
-    """Draw, for the ``num_prompts`` memorized prompts that ``reference`` (default: the first method) copies most
-    closely, the training image nearest to its generation and every method's representative generation for that
-    prompt, labelled with its distance to the nearest memorized image (red: counted as extracted)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    methods = list(records)
-    reference = reference or methods[0]
-    order = sorted(range(len(records[reference])), key=lambda i: records[reference][i]["distance"])[:num_prompts]
-    columns = 1 + len(methods)
-    figure, axes = plt.subplots(len(order), columns, figsize=(1.3 * columns, 1.55 * len(order) + 0.5), squeeze=False)
-    for row, index in enumerate(order):
-        training = records[reference][index]["training"]
-        panels = [("nearest training image", training, None)]
-        panels += [(name, records[name][index]["generation"], records[name][index]) for name in methods]
-        for column, (name, image, record) in enumerate(panels):
-            axis = axes[row][column]
-            axis.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(textwrap.fill(name, 16), fontsize=7)
-            if record is not None:
-                label = f"d={record['distance']:.2f}" + (" copy" if record["extracted"] else "")
-                axis.set_xlabel(label, fontsize=7, color="C3" if record["extracted"] else "black")
-            else:
-                axis.set_xlabel(textwrap.fill(records[reference][index]["prompt"], 22), fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

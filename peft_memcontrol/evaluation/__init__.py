@@ -3,7 +3,8 @@
 `evaluate_model` scores a pipeline on `EvaluationData` (held-out, memorized and training images, read with
 `load_split`) under `EvaluationSettings`; `generate` is the one loop that turns prompts into seeded generations
 (the search's objectives use it too); a `FeatureBank` embeds each fixed image set once per process;
-`markdown_table` lays scores out. The metrics themselves live in `peft_memcontrol.metrics`.
+`markdown_table` lays scores out; `nearest_picture` draws generations beside the training images they come
+closest to. The metrics themselves live in `peft_memcontrol.metrics`.
 """
 
 from .calibration import EvaluationCalibration, calibrate_evaluation, vae_reconstructions
@@ -11,7 +12,8 @@ from .data import EvaluationData, SplitImages, dataset_split, load_evaluation_da
 from .evaluate import ModelScores, evaluate_model
 from .features import FeatureBank, feature_bank
 from .generation import generate
-from .report import RunComparisonError, combined_report, load_run
+from .pictures import load_prompt_records, nearest_picture, save_prompt_images
+from .report import RunComparisonError, combined_report, load_run, runs_picture
 from .settings import EvaluationSettings
 from .table import EVALUATION_COLUMNS, markdown_table
 from .verdict import memorization_verdict
@@ -22,6 +24,10 @@ __all__ = [
     "RunComparisonError",
     "combined_report",
     "load_run",
+    "runs_picture",
+    "load_prompt_records",
+    "nearest_picture",
+    "save_prompt_images",
     "EvaluationCalibration",
     "calibrate_evaluation",
     "vae_reconstructions",

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .pictures import load_prompt_records, nearest_picture
 from .table import EVALUATION_COLUMNS, markdown_table
 
 
@@ -111,6 +112,14 @@ def combined_report(runs: Sequence[dict[str, Any]], allow_different_settings: bo
     lines += ["", "Calibration" + (" (of the first run)" if found else ", shared by every row") + ":"]
     lines += [f"- {line}" for line in _calibration_lines(runs[0]["calibration"])]
     return "\n".join(lines) + "\n"
+
+
+def runs_picture(runs: Sequence[dict[str, Any]], path: str, num_prompts: int = 4) -> str:
+    """`nearest_picture` of the runs (one column per run, by label) for the prompts the first run copies most
+    closely; returns ``path``. The runs must have attacked the same prompts (`load_prompt_records` reads each run's
+    images)."""
+    records = {run["label"]: load_prompt_records(run["folder"], run.get("per_prompt") or []) for run in runs}
+    return nearest_picture(records, path, num_prompts=num_prompts)
 
 
 def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
