@@ -7,7 +7,7 @@ Launched like diffusers' training scripts, with the flag names of ``train_text_t
         --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --train_data_dir my_images --method svdiff --mask mask.json \\
         --resolution 512 --train_batch_size 8 --max_train_steps 3000 --learning_rate 1e-4 \\
-        --mixed_precision fp16 --output_dir sd-memcontrol --validation_prompt "a photo of ..."
+        --mixed_precision fp16 --output_dir sd-memcontrol --validation_prompt "a photo of ..." --validation_epochs 5
 
 Without ``--pretrained_model_name_or_path`` it trains the package's embedded tiny pipeline (offline, CPU).
 The adapter is saved with ``save_pretrained`` in ``--output_dir`` (``--method full``: the UNet in
@@ -16,14 +16,15 @@ The adapter is saved with ``save_pretrained`` in ``--output_dir`` (``--method fu
 model card, README.md: base model, method, mask, data, settings, the search's record of a searched ``--mask``, and the
 validation images.
 
-The training flags are `TrainingConfig`'s fields (their help is the fields' documentation). Flags of diffusers'
-``train_text_to_image_lora.py`` that this script does not take: ``--num_train_epochs`` (the run is
-``--max_train_steps`` long), ``--validation_epochs`` (validation images are made once, after training),
-``--use_8bit_adam``, ``--allow_tf32``, ``--enable_xformers_memory_efficient_attention``, ``--image_interpolation_mode``
-(images are resized bilinearly), and ``--local_rank`` (``accelerate launch`` sets the process's rank).
-``--hub_token`` is refused: log in with ``hf auth login``. Defaults that differ from diffusers': ``--output_dir``,
-``--seed`` 0 (every run is seeded), ``--resolution`` (the model's native size), ``--train_batch_size`` 8,
-``--max_train_steps`` 1000, ``--lr_warmup_steps`` 0, and ``--image_column``/``--caption_column`` (per data source).
+The training flags are `TrainingConfig`'s fields (their help is the fields' documentation). As in diffusers'
+scripts, the run is ``--num_train_epochs`` long unless ``--max_train_steps`` is given, validation images of
+``--validation_prompt`` are made every ``--validation_epochs`` epochs (into ``output_dir/validation/step-<step>``) and
+after training (``output_dir/validation``), and ``--use_ema`` (full fine-tuning) saves the averaged UNet. Flags of
+diffusers' ``train_text_to_image_lora.py`` that this script does not take: ``--image_interpolation_mode`` (images are
+resized bilinearly) and ``--local_rank`` (``accelerate launch`` sets the process's rank). ``--hub_token`` is refused:
+log in with ``hf auth login``. Defaults that differ from diffusers': ``--output_dir``, ``--seed`` 0 (every run is
+seeded), ``--resolution`` (the model's native size), ``--train_batch_size`` 8, ``--lr_warmup_steps`` 0, and
+``--image_column``/``--caption_column`` (per data source).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -63,8 +63,10 @@ from peft_memcontrol.training import (
     RandomWordAddition,
     RandomWordReplacement,
     TrainingConfig,
+    ValidationImages,
     add_config_arguments,
     build_proxy_set,
+    check_ema_method,
     config_from_args,
     load_training_dataset,
 )
@@ -81,7 +83,8 @@ METHOD_CHOICES = (*METHODS, "memcontrol", "lora", "full")
 #: Where the script's defaults differ from `TrainingConfig`'s (which suit the short runs of the library and search).
 SCRIPT_DEFAULTS = {
     "output_dir": {"default": "sd-model-memcontrol"},
-    "max_train_steps": {"default": 1000},
+    "num_train_epochs": {"default": 100},
+    "max_train_steps": {"default": None},
     "checkpointing_steps": {"default": 500},
     "learning_rate": {
         "default": None,
@@ -300,7 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = parser.add_argument_group("validation and output")
     output.add_argument(
-        "--validation_prompt", default=None, help="A prompt that is sampled after training for inference."
+        "--validation_prompt",
+        default=None,
+        help="A prompt that is sampled during training (every --validation_epochs) and after it for inference.",
+    )
+    output.add_argument(
+        "--validation_epochs",
+        type=int,
+        default=1,
+        help="Run fine-tuning validation every X epochs (after the epochs whose 0-based number is a multiple of X, "
+        "as diffusers does). The validation process consists of running the prompt `validation_prompt` multiple "
+        "times: `num_validation_images`.",
     )
     output.add_argument(
         "--num_validation_images",
@@ -353,10 +366,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.mask is not None and args.method in ("full", "lora"):
         raise ValueError(f"--mask selects slots of a MemControl method; --method {args.method} takes no mask.")
+    if args.validation_epochs < 1:
+        raise ValueError(f"--validation_epochs must be at least 1, got {args.validation_epochs}.")
     args.mask_file = read_mask_file(args.mask) if args.mask else None
     if args.mask_file is not None:
         check_method_matches_mask(args.method, args.mask_file)
     args.learning_rate, args.learning_rate_source = choose_learning_rate(args.learning_rate, args.mask_file)
+    args.config = config_from_args(TrainingConfig, args, caption_transforms=build_caption_transforms(args))
+    check_ema_method(args.config, args.method)
     if args.train_data_dir:
         find_metadata_files(args.train_data_dir)
     if args.train_csv and not os.path.isfile(args.train_csv):
@@ -436,35 +453,30 @@ def native_resolution(model_path: str, revision: str | None) -> int:
     return unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def save_validation_images(trainer: MemControlTrainer, args: argparse.Namespace) -> dict[str, Any]:
-    """Generate ``--num_validation_images`` for ``--validation_prompt`` into ``output_dir/validation``; returns what
-    the model cards show of them (`update_model_card`'s ``validation``)."""
-    pipe = trainer.pipeline()
-    generator = torch.Generator().manual_seed(args.seed)
-    images = pipe(
-        [args.validation_prompt] * args.num_validation_images,
+def build_validation(args: argparse.Namespace, trainer: MemControlTrainer) -> ValidationImages | None:
+    """The validation images of ``--validation_prompt`` (``None`` without one): every ``--validation_epochs`` epochs
+    during training, and after it."""
+    if args.validation_prompt is None:
+        return None
+    return ValidationImages(
+        args.validation_prompt,
+        args.num_validation_images,
+        args.output_dir,
+        trainer.steps_per_epoch,
+        args.validation_epochs,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
-        generator=generator,
-    ).images
-    folder = os.path.join(args.output_dir, "validation")
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(os.path.join(folder, f"image_{i}.png"))
-        image.save(paths[-1])
-    for tracker in trainer.accelerator.trackers:
-        if tracker.name == "tensorboard":
-            stacked = np.stack([np.asarray(image) for image in images])
-            tracker.writer.add_images("validation", stacked, trainer.global_step, dataformats="NHWC")
-    return {"prompt": args.validation_prompt, "images": paths, "step": trainer.global_step}
+        seed=args.seed,
+    )
 
 
-def card_notes(args: argparse.Namespace, final_loss: float | None) -> dict[str, Any]:
-    """What the model cards say of the run beyond what the trainer knows: the data's origin, the mask file, where the
-    learning rate came from, the final loss."""
+def card_notes(args: argparse.Namespace, final_loss: float | None, duplicate_groups: int | None) -> dict[str, Any]:
+    """What the model cards say of the run beyond what the trainer knows: the data's origin, the duplicate groups
+    found in it (by the memorization monitor; ``None``: not looked for), the mask file, where the learning rate came
+    from, the final loss."""
     return {
         "dataset": args.dataset_name or args.train_data_dir or args.train_csv,
+        "duplicate_groups": duplicate_groups,
         "mask_file": args.mask,
         "learning_rate_source": args.learning_rate_source,
         "final_loss": final_loss,
@@ -479,12 +491,15 @@ def mask_search_provenance(args: argparse.Namespace) -> dict[str, Any] | None:
     return {**args.mask_file.provenance, "mask_file": args.mask}
 
 
-def build_memorization_monitor(args: argparse.Namespace, dataset: Any, resolution: int) -> MemorizationMonitor | None:
-    """The monitor of ``--memorization_check_steps`` (``None`` when off): the at-risk prompts are the captions of
-    duplicated training images (exact or, in the feature space, above the calibrated threshold) and then a seeded
-    sample of the others; the reference set is every training image."""
+def build_memorization_monitor(
+    args: argparse.Namespace, dataset: Any, resolution: int
+) -> tuple[MemorizationMonitor | None, int | None]:
+    """The monitor of ``--memorization_check_steps`` and the number of duplicate groups it found in the data
+    (``(None, None)`` when off): the at-risk prompts are the captions of duplicated training images (exact or, in the
+    feature space, above the calibrated threshold) and then a seeded sample of the others; the reference set is every
+    training image."""
     if not args.memorization_check_steps:
-        return None
+        return None, None
     extractor = get_feature_extractor(args.memorization_feature)
 
     def embed(images: torch.Tensor) -> torch.Tensor:
@@ -512,7 +527,7 @@ def build_memorization_monitor(args: argparse.Namespace, dataset: Any, resolutio
         min(len(groups), len(prompts)),
         args.memorization_check_steps,
     )
-    return MemorizationMonitor(
+    monitor = MemorizationMonitor(
         prompts,
         training.images,
         calibration,
@@ -523,6 +538,7 @@ def build_memorization_monitor(args: argparse.Namespace, dataset: Any, resolutio
         seed=args.seed,
         stop_on_copy=args.stop_on_copy,
     )
+    return monitor, len(groups)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -549,29 +565,34 @@ def main(argv: list[str] | None = None) -> None:
             dataset, args.proxy_fraction, args.proxy_num_memorization, repeats=args.proxy_repeats, seed=args.seed
         ).dataset
 
-    config = config_from_args(TrainingConfig, args, caption_transforms=build_caption_transforms(args))
     trainer = MemControlTrainer.from_pretrained(
-        model_path, dataset, build_method(args), config, revision=args.revision, variant=args.variant
+        model_path, dataset, build_method(args), args.config, revision=args.revision, variant=args.variant
     )
     logger.info("%s", trainer.accelerator.state)
     summary = {**trainer.run_summary(), "mask_file": args.mask, "learning_rate_source": args.learning_rate_source}
     for line in training_banner(summary):
         logger.info(line)
-    result = trainer.train(monitor=build_memorization_monitor(args, dataset, resolution))
+    monitor, duplicate_groups = build_memorization_monitor(args, dataset, resolution)
+    validation = build_validation(args, trainer)
+    result = trainer.train(monitor=monitor, validation=validation)
     final_loss = result.losses[-1] if result.losses else None
-    notes, search = card_notes(args, final_loss), mask_search_provenance(args)
+    notes, search = card_notes(args, final_loss, duplicate_groups), mask_search_provenance(args)
     saved = trainer.save_adapter(args.output_dir, card_notes=notes, search=search)
     if trainer.accelerator.is_main_process:
         summary["global_step"] = result.global_step
+        summary["epochs_run"] = math.ceil(result.global_step / trainer.steps_per_epoch)
         summary["final_loss"] = final_loss
         summary["dropped_samples"] = result.dropped_samples
         if result.memorization_checks:
             summary["memorization_checks"] = result.memorization_checks
             summary["stopped_at_copy"] = result.stopped_at_copy
+        if validation is not None:
+            summary["validation_steps"] = [done.step for done in validation.history]
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        if validation is not None:
+            final_validation = validation.generate(trainer, os.path.join(args.output_dir, "validation")).to_card()
         carded = [saved]
-        validation = save_validation_images(trainer, args) if args.validation_prompt else None
         if args.save_merged_pipeline:
             merged = os.path.join(args.output_dir, "merged_pipeline")
             os.makedirs(merged, exist_ok=True)
@@ -585,7 +606,7 @@ def main(argv: list[str] | None = None) -> None:
             pipe.save_pretrained(merged)
         if validation is not None:
             for folder in carded:
-                update_model_card(folder, validation=validation)
+                update_model_card(folder, validation=final_validation)
         if args.push_to_hub:  # the saved folder: its card has the run's sections and validation images
             repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
             logger.info("Pushed the adapter: %s", push_adapter_to_hub(saved, repo_id))

@@ -161,9 +161,11 @@ def test_every_flag_has_help_and_training_flags_build_the_config():
         ddp_find_unused_parameters=True,
         snr_gamma=5.0,
         checkpoints_total_limit=3,
+        num_train_epochs=100,
         max_train_steps=7,
     )
     assert config == expected
+    assert args.config == expected  # parse_args builds it, so that a bad setting fails before any model loads
     with pytest.raises(SystemExit):
         launch_script.parse_args(["--noise_norm_threshold", "top"])
 

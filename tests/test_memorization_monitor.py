@@ -115,6 +115,8 @@ def test_launch_script_checks_the_duplicated_images_prompt_first_and_records_the
         + ["0.05"]
     )
     summary = json.loads((out / "training_summary.json").read_text())
+    # the card tells the data's duplicates the monitor found: row 2's image under two captions, one group
+    assert "- duplicate groups found: 1 (" in (out / "README.md").read_text()
     checks = summary["memorization_checks"]
     assert [check["step"] for check in checks] == [0, 1, 2] and summary["stopped_at_copy"] is False
     prompts = checks[0]["prompts"]

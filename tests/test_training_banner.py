@@ -68,6 +68,9 @@ def test_banner_and_summary_state_the_run(tmp_path, caplog):
     with open(os.path.join(data, "metadata.csv")) as f:
         num_rows = sum(1 for _ in csv.DictReader(f))
     total_batch = 3 * 1 * 2  # per device x processes x accumulation
+    # diffusers: ceil(ceil(5 rows / 3 per batch) / 1 process) = 2 batches, ceil(2 / 2 accumulated) = 1 step per epoch
+    steps_per_epoch = 1
+    epochs = 2  # the 2 steps start 2 passes over the data
     unet = load_tiny_pipeline().unet
     unet_parameters = sum(parameter.numel() for parameter in unet.parameters())
     model = get_peft_model(unet, MemControlConfig(mask=mask, method="svdiff"))
@@ -77,7 +80,7 @@ def test_banner_and_summary_state_the_run(tmp_path, caplog):
     assert banner == [
         "***** Running training *****",
         f"  Num examples = {num_rows}",
-        f"  Num Epochs = {math.ceil(2 * total_batch / num_rows)}",
+        f"  Num Epochs = {epochs}",
         "  Instantaneous batch size per device = 3",
         f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch}",
         "  Gradient Accumulation steps = 2",
@@ -92,7 +95,8 @@ def test_banner_and_summary_state_the_run(tmp_path, caplog):
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary == {
         "num_examples": num_rows,
-        "num_epochs": math.ceil(2 * total_batch / num_rows),
+        "num_epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
         "train_batch_size": 3,
         "num_processes": 1,
         "gradient_accumulation_steps": 2,
@@ -108,6 +112,7 @@ def test_banner_and_summary_state_the_run(tmp_path, caplog):
         "unet_parameters": unet_parameters,
         "trainable_share": pytest.approx(trainable / unet_parameters),
         "global_step": 2,
+        "epochs_run": epochs,
         "final_loss": summary["final_loss"],
         "dropped_samples": 0,
     }

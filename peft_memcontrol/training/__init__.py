@@ -1,7 +1,13 @@
 """Fine-tuning with masks: the project's one training loop, its data conventions and the memorization mitigations."""
 
 from .arguments import add_config_arguments, config_from_args
-from .config import TrainingConfig, TrainingResult
+from .config import (
+    TrainingConfig,
+    TrainingResult,
+    check_ema_method,
+    resolve_training_length,
+    update_steps_per_epoch,
+)
 from .data import (
     ImageCaptionDataset,
     ProxySet,
@@ -24,6 +30,7 @@ from .mitigations import (
 )
 from .monitoring import MemorizationCheck, MemorizationMonitor
 from .trainer import MemControlTrainer
+from .validation import ValidationImages, ValidationRound
 
 
 __all__ = [
@@ -41,14 +48,19 @@ __all__ = [
     "StepBatchSampler",
     "TrainingConfig",
     "TrainingResult",
+    "ValidationImages",
+    "ValidationRound",
     "add_config_arguments",
     "apply_caption_transforms",
     "build_proxy_set",
+    "check_ema_method",
     "collate_image_captions",
     "config_from_args",
     "drop_captions",
     "image_to_tensor",
     "load_training_dataset",
+    "resolve_training_length",
     "threshold_keep_mask",
     "tokenizer_words",
+    "update_steps_per_epoch",
 ]

@@ -7,9 +7,10 @@ builds its flags (`peft_memcontrol.training.arguments`).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .mitigations import parse_threshold
@@ -31,7 +32,18 @@ class TrainingConfig:
             "kept in place of this run's nor resumed."
         },
     )
-    max_train_steps: int = field(default=100, metadata={"help": "Total number of optimizer steps to perform."})
+    num_train_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Passes over the data to train for, as diffusers counts them (an epoch is ceil(ceil(ceil(examples "
+            "/ train_batch_size) / processes) / gradient_accumulation_steps) optimizer steps). Used when "
+            "max_train_steps is None."
+        },
+    )
+    max_train_steps: int | None = field(
+        default=100,
+        metadata={"help": "Total number of optimizer steps to perform. If provided, overrides num_train_epochs."},
+    )
     train_batch_size: int = field(default=8, metadata={"help": "Batch size (per device) for the training dataloader."})
     gradient_accumulation_steps: int = field(
         default=1,
@@ -160,12 +172,45 @@ class TrainingConfig:
             "help": "Let distributed training tolerate trainable parameters that a forward pass does not use (slower)."
         },
     )
+    allow_tf32: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether or not to allow TF32 on Ampere GPUs. Can be used to speed up training. For more "
+            "information, see https://pytorch.org/docs/stable/notes/cuda.html#tensorfloat-32-tf32-on-ampere-devices"
+            " (sets torch's CUDA matmul and cuDNN TF32 switches; no effect on CPU)."
+        },
+    )
+    use_8bit_adam: bool = field(
+        default=False,
+        metadata={"help": "Whether or not to use 8-bit Adam from bitsandbytes (pip install bitsandbytes)."},
+    )
+    enable_xformers_memory_efficient_attention: bool = field(
+        default=False, metadata={"help": "Whether or not to use xformers (pip install xformers)."}
+    )
+    use_ema: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether to use EMA model (diffusers' EMAModel; full fine-tuning only). The saved UNet holds the "
+            "averaged weights, and validation images are made with them."
+        },
+    )
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar on the local main process."})
 
     def __post_init__(self) -> None:
-        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.max_train_steps is None and self.num_train_epochs is None:
+            raise ValueError("Give max_train_steps or num_train_epochs: the run needs a length.")
+        for name in ("max_train_steps", "num_train_epochs", "train_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        for flag, package in (
+            ("use_8bit_adam", "bitsandbytes"),
+            ("enable_xformers_memory_efficient_attention", "xformers"),
+        ):
+            if getattr(self, flag) and importlib.util.find_spec(package) is None:
+                raise ImportError(
+                    f"{flag} needs the {package} package, which is not installed: pip install {package}."
+                )
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number above 0, got {self.learning_rate}.")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
@@ -185,6 +230,37 @@ class TrainingConfig:
         config = asdict(self)
         config["caption_transforms"] = ",".join(type(t).__name__ for t in self.caption_transforms)
         return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.items()}
+
+
+def check_ema_method(config: TrainingConfig, method: Any) -> None:
+    """Refuse ``use_ema`` with an adapter ``method`` (anything but ``"full"``): the average is over the whole UNet's
+    weights, as in diffusers' ``train_text_to_image.py``."""
+    if config.use_ema and method != "full":
+        raise ValueError(
+            "use_ema (--use_ema) averages the weights of the whole UNet, as diffusers' train_text_to_image.py does "
+            "in full fine-tuning; an adapter's few parameters are not averaged. Train with --method full "
+            "(method='full'), or drop --use_ema."
+        )
+
+
+def update_steps_per_epoch(
+    num_examples: int, train_batch_size: int, num_processes: int, gradient_accumulation_steps: int
+) -> int:
+    """Optimizer steps in one pass over ``num_examples``, as diffusers' training scripts count them: the batches of a
+    pass (the last one may be short), shared out over the processes, then grouped by gradient accumulation."""
+    batches_per_process = math.ceil(math.ceil(num_examples / train_batch_size) / num_processes)
+    return math.ceil(batches_per_process / gradient_accumulation_steps)
+
+
+def resolve_training_length(config: TrainingConfig, num_examples: int, num_processes: int) -> TrainingConfig:
+    """``config`` with both ``max_train_steps`` and ``num_train_epochs`` set, as diffusers' scripts settle them:
+    ``max_train_steps`` when given (the epochs are then the passes it starts, rounded up), else ``num_train_epochs``
+    passes of `update_steps_per_epoch` steps."""
+    per_epoch = update_steps_per_epoch(
+        num_examples, config.train_batch_size, num_processes, config.gradient_accumulation_steps
+    )
+    steps = config.max_train_steps if config.max_train_steps is not None else config.num_train_epochs * per_epoch
+    return replace(config, max_train_steps=steps, num_train_epochs=math.ceil(steps / per_epoch))
 
 
 @dataclass

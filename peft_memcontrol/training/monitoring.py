@@ -77,6 +77,8 @@ class MemorizationMonitor:
         stop_on_copy: stop training at the first check that finds a copy.
     """
 
+    label = "Memorization check"
+
     def __init__(
         self,
         prompts: Sequence[str],
@@ -120,9 +122,7 @@ class MemorizationMonitor:
         pipeline = trainer.pipeline()
         pipeline.set_progress_bar_config(disable=True)
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        was_training = trainer.model.training
-        trainer.model.eval()
-        with torch.no_grad():
+        with trainer.inference_mode():
             images = (
                 pipeline(
                     self.prompts,
@@ -134,7 +134,6 @@ class MemorizationMonitor:
                 .images.float()
                 .cpu()
             )
-        trainer.model.train(was_training)
         features = self.embed(images)
         similarities = nearest_neighbours(features, self.reference_features).similarities
         check = MemorizationCheck(

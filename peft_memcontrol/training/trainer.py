@@ -13,12 +13,12 @@ device, and resuming from a checkpoint continues exactly where an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import peft
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params, compute_snr
+from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -37,12 +37,19 @@ from ..tuners.base import count_model_parameters
 from ..tuners.model_card import ModelFacts, method_name, search_provenance, write_model_card
 from . import checkpoints
 from .accelerator import create_accelerator, mixed_precision_dtype, move_module
-from .config import TrainingConfig, TrainingResult
+from .config import (
+    TrainingConfig,
+    TrainingResult,
+    check_ema_method,
+    resolve_training_length,
+    update_steps_per_epoch,
+)
 from .data import StepBatchSampler, collate_image_captions, mix_seed
 from .encodings import EncodingCache
 from .families import StableDiffusionFamily
 from .mitigations import apply_caption_transforms, drop_captions, threshold_keep_mask, with_tokenizer_words
 from .monitoring import MemorizationMonitor
+from .validation import ValidationImages
 
 
 class MemControlTrainer:
@@ -83,13 +90,22 @@ class MemControlTrainer:
         accelerator: Any = None,
         encodings: EncodingCache | None = None,
     ) -> None:
-        self.config = config = config or TrainingConfig()
+        config = config or TrainingConfig()
+        check_ema_method(config, method)
         self.method = method
         self.train_dataset = train_dataset
         self.noise_scheduler = noise_scheduler
         if config.prediction_type is not None:
             noise_scheduler.register_to_config(prediction_type=config.prediction_type)
         self.accelerator = accelerator = accelerator if accelerator is not None else create_accelerator(config)
+        #: Optimizer steps per pass over the data, as diffusers counts them (`update_steps_per_epoch`).
+        self.steps_per_epoch = update_steps_per_epoch(
+            len(train_dataset), config.train_batch_size, accelerator.num_processes, config.gradient_accumulation_steps
+        )
+        self.config = config = resolve_training_length(config, len(train_dataset), accelerator.num_processes)
+        if config.allow_tf32:  # as diffusers' scripts do; these switches concern CUDA devices only
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.weight_dtype = mixed_precision_dtype(accelerator)
         self.family = StableDiffusionFamily(
             vae, text_encoder, tokenizer, accelerator.device, self.weight_dtype, encodings=encodings
@@ -101,10 +117,24 @@ class MemControlTrainer:
         self.run_fingerprint = run_fingerprint(method, train_dataset, config.seed, self.base_model)
         if config.gradient_checkpointing:
             self.base_unet.enable_gradient_checkpointing()
+        if config.enable_xformers_memory_efficient_attention:
+            self.base_unet.enable_xformers_memory_efficient_attention()
         self.model.to(accelerator.device)
         self.caption_transforms = with_tokenizer_words(config.caption_transforms, tokenizer)
+        #: The exponential moving average of the UNet's weights under ``use_ema`` (diffusers' ``EMAModel``).
+        self.ema: EMAModel | None = None
+        if config.use_ema:
+            self.ema = EMAModel(self.model.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config)
+            self.ema.to(accelerator.device)
+            accelerator.register_for_checkpointing(self.ema)
 
-        self.optimizer = torch.optim.AdamW(
+        if config.use_8bit_adam:
+            import bitsandbytes
+
+            optimizer_cls = bitsandbytes.optim.AdamW8bit
+        else:
+            optimizer_cls = torch.optim.AdamW
+        self.optimizer = optimizer_cls(
             self.param_groups(),
             lr=self._learning_rate(),
             betas=(config.adam_beta1, config.adam_beta2),
@@ -350,12 +380,38 @@ class MemControlTrainer:
             self._uncond_embeddings = self.family.encode_prompts([""])
         return self._uncond_embeddings
 
+    @contextlib.contextmanager
+    def inference_mode(self) -> Iterator[None]:
+        """The model as a pipeline should run it, for images made during training: eval mode, no gradients and,
+        under ``use_ema``, the averaged weights. Afterwards the trained weights, the train mode and the random number
+        generators (the CPU's and the training device's) are as they were, so that the run continues as if nothing
+        had been generated."""
+        model = self.unwrapped_model
+        was_training = model.training
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        if self.ema is not None:
+            self.ema.store(model.parameters())
+            self.ema.copy_to(model.parameters())
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                yield
+        finally:
+            model.train(was_training)
+            if self.ema is not None:
+                self.ema.restore(model.parameters())
+
     # ------------------------------------------------------------------ the loop
-    def train(self, monitor: MemorizationMonitor | None = None) -> TrainingResult:
+    def train(
+        self, monitor: MemorizationMonitor | None = None, validation: ValidationImages | None = None
+    ) -> TrainingResult:
         """Run (or resume) training to ``max_train_steps`` optimizer steps; returns a `TrainingResult`.
 
         ``monitor`` checks for copies of training images before the first step and every ``monitor.every_n_steps``
         steps (`peft_memcontrol.training.monitoring`); with ``stop_on_copy`` the run ends at the first copy found.
+        ``validation`` makes validation images every ``validation_epochs`` epochs
+        (`peft_memcontrol.training.validation`). Under ``use_ema`` the model holds the averaged weights afterwards,
+        the weights diffusers' ``train_text_to_image.py`` saves.
         """
         config, accelerator = self.config, self.accelerator
         if config.resume_from_checkpoint:
@@ -394,11 +450,8 @@ class MemControlTrainer:
         running = 0.0
         self.model.train()
         micro_step = self.global_step * accumulation
-        stopped_at_copy = False
-        if monitor is not None and self.global_step == 0:
-            first = monitor.check(self)
-            progress.write(f"Memorization check, {first.verdict()}.")
-            stopped_at_copy = monitor.should_stop(first)
+        hooks = [hook for hook in (monitor, validation) if hook is not None]
+        stopped_at_copy = self.global_step == 0 and self._run_due_hooks(hooks, progress)
         for batch in () if stopped_at_copy else loader:
             with accelerator.accumulate(self.model):
                 loss, _, kept = self.compute_loss(batch, micro_step)
@@ -426,6 +479,8 @@ class MemControlTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
             micro_step += 1
             if accelerator.sync_gradients:
+                if self.ema is not None:
+                    self.ema.step(self.model.parameters())
                 self.global_step += 1
                 losses.append(running)
                 progress.update(1)
@@ -437,15 +492,14 @@ class MemControlTrainer:
                 running = 0.0
                 if config.checkpointing_steps and self.global_step % config.checkpointing_steps == 0:
                     self.save_checkpoint()
-                if monitor is not None and monitor.due(self.global_step):
-                    check = monitor.check(self)
-                    progress.write(f"Memorization check, {check.verdict()}.")
-                    if monitor.should_stop(check):
-                        stopped_at_copy = True
-                        break
+                if self._run_due_hooks(hooks, progress):
+                    stopped_at_copy = True
+                    break
                 if self.global_step >= config.max_train_steps:
                     break
         progress.close()
+        if self.ema is not None:
+            self.ema.copy_to(self.model.parameters())
         accelerator.wait_for_everyone()
         return TrainingResult(
             global_step=self.global_step,
@@ -456,6 +510,21 @@ class MemControlTrainer:
             memorization_checks=[check.to_dict() for check in monitor.history] if monitor is not None else [],
             stopped_at_copy=stopped_at_copy,
         )
+
+    def _run_due_hooks(self, hooks: Sequence[Any], progress: Any) -> bool:
+        """Run the periodic hooks of `train` that are due at the current step; returns whether one stops training.
+
+        A hook has a ``label``, ``due(step)``, ``check(trainer)`` and ``should_stop(result)``; a result has
+        ``verdict()`` (`MemorizationMonitor`, `ValidationImages`).
+        """
+        stop = False
+        for hook in hooks:
+            if hook.due(self.global_step):
+                result = hook.check(self)
+                if result is not None:
+                    progress.write(f"{hook.label}, {result.verdict()}.")
+                stop = hook.should_stop(result) or stop
+        return stop
 
     # ------------------------------------------------------------------ outputs
     def save_adapter(
@@ -540,8 +609,8 @@ class MemControlTrainer:
         examples, epochs, batch sizes, steps, method, mask units on, learning rate, trainable parameters and their
         share of the UNet's (adapter parameters excluded).
 
-        Epochs count the samples the run draws (``max_train_steps`` times the total batch) in passes over the data,
-        rounded up, as diffusers' ``num_train_epochs`` does.
+        Epochs are the passes over the data that the run's steps start, diffusers' ``num_train_epochs`` once its
+        script has settled the run's length (`resolve_training_length`).
         """
         config = self.config
         total_batch = config.train_batch_size * self.accelerator.num_processes * config.gradient_accumulation_steps
@@ -550,7 +619,8 @@ class MemControlTrainer:
         mask = getattr(self.method, "mask", None)
         return {
             "num_examples": len(self.train_dataset),
-            "num_epochs": math.ceil(config.max_train_steps * total_batch / len(self.train_dataset)),
+            "num_epochs": config.num_train_epochs,
+            "steps_per_epoch": self.steps_per_epoch,
             "train_batch_size": config.train_batch_size,
             "num_processes": self.accelerator.num_processes,
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
