@@ -14,7 +14,6 @@ import pytest
 from peft_memcontrol.search import (
     GenomeSpace,
     MaskSearcher,
-    ProcessExecutor,
     RayExecutor,
     SearchConfig,
     SyntheticMaskProblem,
@@ -49,11 +48,6 @@ def test_ray_gives_the_same_front_as_serial(serial_front):
         assert front(RayExecutor(num_cpus=1)) == serial_front
     finally:
         ray.shutdown()
-
-
-@pytest.mark.slow
-def test_process_pool_gives_the_same_front_as_serial(serial_front):
-    assert front(ProcessExecutor(num_workers=2)) == serial_front
 
 
 def memcontrol_search(output_dir, *flags: str, env: dict | None = None) -> dict:

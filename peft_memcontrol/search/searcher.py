@@ -14,8 +14,9 @@ all registered on the searcher's DEAP toolbox.
   screens many candidate offspring and only the most promising are trained (`peft_memcontrol.search.surrogate`);
   ``max_evaluations`` stops the search at the number of fine-tuning runs a user can afford.
 * **Never lose work**: each finished evaluation is appended to ``journal.jsonl`` and each generation written to
-  ``checkpoint.json`` (JSON, atomic). A killed search resumes where it stopped; serial runs resume to exactly the
-  front an uninterrupted run reaches, because the random state is checkpointed and evaluations are deterministic.
+  ``checkpoint.json`` (JSON, atomic). A killed search resumes where it stopped, to exactly the front an uninterrupted
+  run reaches, because the random state is checkpointed, evaluations are deterministic and nothing depends on the
+  order in which a process pool finishes them.
 * **Retry what failed through no fault of the candidate**: a resumed search evaluates again the candidates whose
   evaluation failed with a transient error (out of memory, a full disk, a lost GPU or worker: the record's
   ``error_kind``), or every failed one with ``retry_failed="all"``. The new record is appended and supersedes the
@@ -538,7 +539,10 @@ class MaskSearcher:
         self._save_checkpoint()
 
     def _full_ok_records(self) -> list[dict[str, Any]]:
-        return [r for (_, budget), r in self.cache.items() if budget == 1.0 and r["status"] == "ok"]
+        """The successful full-budget records in key order, not in the order they finished (a process pool finishes
+        them in any order): of genomes with equal values the front keeps the first, which must not depend on it."""
+        records = [r for (_, budget), r in self.cache.items() if budget == 1.0 and r["status"] == "ok"]
+        return sorted(records, key=lambda record: record["key"])
 
     def result(self) -> SearchResult:
         """The current front and history (also usable on a search loaded but not run)."""
