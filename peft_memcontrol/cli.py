@@ -41,6 +41,7 @@ from .search import (
     measure_references,
 )
 from .search.config import SURROGATES, default_population_size
+from .search.fidelity_check import TRAIN_STEPS_PER_BUDGET, check_proxy_fidelity
 from .search.genome import default_learning_rate_bounds
 from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
 from .search.journal import JournalError
@@ -60,7 +61,9 @@ Search MemControl masks with NSGA-II: which parts of the UNet to fine-tune (and 
 model learns your data well without memorizing it. Every candidate mask is fine-tuned briefly on a proxy set (a
 fraction of your data plus a few images repeated many times, to provoke memorization) and scored on the objectives,
 all minimized. The search writes the Pareto front, a report and one folder per chosen mask (knee, least memorization,
-best quality), each usable as --mask of examples/train_text_to_image_memcontrol.py.
+best quality), each usable as --mask of examples/train_text_to_image_memcontrol.py. After the search, a few front
+and other masks are fine-tuned on all of your data and evaluated, to measure whether the inner loop ranks masks like
+the full fine-tune (fidelity.md; --fidelity_front 0 --fidelity_other 0 skips it).
 
 A search resumes its --output_dir when run again with the same settings. Without --train_data_dir it searches the
 package's tiny pipeline on the LFW demo faces (offline, CPU); --synthetic N searches a closed-form toy problem
@@ -354,6 +357,36 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="Do not score the base model (not fine-tuned) with the objectives, as a reference point on the front.",
     )
+    fidelity = parser.add_argument_group(
+        "proxy fidelity (after the search: do the inner-loop scores rank masks like the full fine-tune?)"
+    )
+    fidelity.add_argument(
+        "--fidelity_front",
+        type=int,
+        default=3,
+        help="Front masks (extremes and knee first) fully fine-tuned and evaluated after the search, to measure the "
+        "rank correlation of each objective with its full-evaluation counterpart (fidelity.md, fidelity.json). "
+        "0 with --fidelity_other 0: not measured.",
+    )
+    fidelity.add_argument(
+        "--fidelity_other",
+        type=int,
+        default=2,
+        help="Masks off the front (drawn with --seed) fully fine-tuned and evaluated for the same measurement.",
+    )
+    fidelity.add_argument(
+        "--fidelity_train_steps",
+        type=int,
+        default=None,
+        help="Steps of each full fine-tune, on every training row. None: "
+        f"{TRAIN_STEPS_PER_BUDGET} x --max_train_steps.",
+    )
+    fidelity.add_argument(
+        "--fidelity_num_fid_images",
+        type=int,
+        default=None,
+        help="Held-out prompts generated for the full evaluation's FID and KID. None: every held-out image.",
+    )
     output.add_argument(
         "--push_to_hub", action="store_true", help="Push the knee mask to the Hub, with the front in its card."
     )
@@ -633,11 +666,26 @@ def _reference_lines(result: SearchResult) -> list[str]:
     return lines
 
 
+def _invalid_fidelity_flags(args: argparse.Namespace) -> str | None:
+    """Why the proxy-fidelity flags cannot be used (checked before the search, not after it), or ``None``."""
+    for name in ("fidelity_front", "fidelity_other"):
+        if getattr(args, name) < 0:
+            return f"--{name} must be at least 0, got {getattr(args, name)}."
+    for name in ("fidelity_train_steps", "fidelity_num_fid_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            return f"--{name} must be at least 1, got {getattr(args, name)}."
+    return None
+
+
 def run_search(args: argparse.Namespace) -> int:
     """Run (or resume) a search and write its outputs; returns the exit status: 0, 1 when no candidate succeeded
     (the outputs are still written, and the counts by status and the first error printed), 2 when the output folder
     cannot be resumed (other settings, a damaged journal or checkpoint, ``--no_resume`` on an existing search, or another
     search running in it)."""
+    invalid = _invalid_fidelity_flags(args)
+    if invalid is not None:
+        print(f"memcontrol search: error: {invalid}", file=sys.stderr)
+        return 2
     space, evaluator, constraint = _search_setup(args)
     config = SearchConfig(
         population_size=(
@@ -681,6 +729,18 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"  {line}")
     for name, folder in paths["chosen"].items():
         print(f"  {name}: {folder}")
+    fidelity = check_proxy_fidelity(
+        searcher,
+        result,
+        args.fidelity_train_steps or TRAIN_STEPS_PER_BUDGET * args.max_train_steps,
+        args.fidelity_front,
+        args.fidelity_other,
+        args.fidelity_num_fid_images,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    for line in fidelity.summary_lines():
+        print(f"  {line}")
     failure = result.failure()
     if failure is not None:
         print(f"memcontrol search: error: {failure}", file=sys.stderr)

@@ -312,6 +312,10 @@ def cli_search(folder, *extra) -> list[str]:
         "--noise_runs",  # the references after a search are not what these tests look at
         "1",
         "--no_base_model_scores",
+        "--fidelity_front",  # nor the proxy-fidelity check
+        "0",
+        "--fidelity_other",
+        "0",
         "--output_dir",
         str(folder),
         "--no_progress",

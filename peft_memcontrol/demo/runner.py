@@ -9,7 +9,8 @@
 4. Fine-tune the unchanged mask, and full fine-tuning, on the transfer domain (faces) and score both.
 5. Write the report folder (`peft_memcontrol.demo.report`).
 
-Every fine-tuning goes through `MemControlTrainer`, every score through `peft_memcontrol.evaluation`.
+Every model, baseline or searched mask, is fine-tuned and scored by the search's `FullFineTune` (`MemControlTrainer`,
+then `peft_memcontrol.evaluation.evaluate_model`), the step ``memcontrol search``'s proxy-fidelity check runs too.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from ..counting import meta_unet, trainable_share
-from ..evaluation import EvaluationData, EvaluationSettings, ModelScores, evaluate_model, load_evaluation_data
+from ..evaluation import EvaluationData, EvaluationSettings, ModelScores, load_evaluation_data
 from ..search import (
     FidelityCandidate,
     FrontPoint,
+    FullFineTune,
     GenomeSpace,
     MaskSearcher,
     ProcessExecutor,
@@ -42,7 +44,7 @@ from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from ..search.report import write_search_outputs
 from ..tiny_sd import TINY_UNET_CONFIG, tiny_pipeline_path
-from ..training import MemControlTrainer, RandomWordAddition, TrainingConfig, load_training_dataset
+from ..training import RandomWordAddition, TrainingConfig
 from ..tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 from .config import DemoConfig
 from .data import build_domain
@@ -52,6 +54,8 @@ from .report import write_report, write_seeds_report
 logger = logging.getLogger(__name__)
 
 FULL = "full fine-tuning"
+DEMO_RESOLUTION = 32
+"""Image size of the demo's data and of the tiny pipeline."""
 SEARCHED = "MemControl (searched mask)"
 
 
@@ -79,10 +83,9 @@ def baseline_specs(config: DemoConfig) -> list[MethodSpec]:
     ]
 
 
-def train_one(spec: MethodSpec, train_dir: str, output_dir: str, config: DemoConfig) -> tuple[Any, float, float]:
-    """Fine-tune the tiny pipeline on ``train_dir`` with ``spec``; returns (trainer, trainable share, seconds)."""
-    dataset = load_training_dataset(train_data_dir=train_dir, resolution=32)
-    training = TrainingConfig(
+def demo_training(spec: MethodSpec, output_dir: str, config: DemoConfig) -> TrainingConfig:
+    """How every demo model is fine-tuned: the demo's steps, batch and seed, the row's learning rate and mitigations."""
+    return TrainingConfig(
         output_dir=output_dir,
         max_train_steps=config.max_train_steps,
         train_batch_size=config.train_batch_size,
@@ -94,10 +97,6 @@ def train_one(spec: MethodSpec, train_dir: str, output_dir: str, config: DemoCon
         report_to=None,
         show_progress=config.progress,
     )
-    trainer = MemControlTrainer.from_pretrained(tiny_pipeline_path(), dataset, spec.method, training)
-    start = time.perf_counter()
-    trainer.train()
-    return trainer, trainable_share_of(spec.method), time.perf_counter() - start
 
 
 def trainable_share_of(method: Any) -> float:
@@ -105,13 +104,6 @@ def trainable_share_of(method: Any) -> float:
     if isinstance(method, str):
         return 1.0
     return trainable_share(meta_unet(dict(TINY_UNET_CONFIG)), method)
-
-
-def score(trainer: Any, data: EvaluationData, settings: EvaluationSettings) -> ModelScores:
-    """Evaluate a trained model (adapter applied, not merged)."""
-    pipeline = trainer.pipeline()
-    trainer.model.eval()
-    return evaluate_model(pipeline, data, settings)
 
 
 def _init_worker(device: str | None) -> None:
@@ -140,11 +132,14 @@ def train_and_score(
     settings: EvaluationSettings,
     config: DemoConfig,
 ) -> ScoredRun:
-    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings``."""
-    trainer, share, seconds = train_one(spec, train_dir, run_dir, config)
-    scores = score(trainer, data, settings)
-    trainer.end()
-    return ScoredRun(_row(spec.name, share, seconds, scores), scores.prompt_records, scores.calibration.to_dict())
+    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings`` (the search's
+    `FullFineTune`, the step its proxy-fidelity check runs too)."""
+    run = FullFineTune(train_dir, data, settings, DEMO_RESOLUTION).run(
+        spec.method, demo_training(spec, run_dir, config)
+    )
+    scores = run.scores
+    row = _row(spec.name, trainable_share_of(spec.method), run.train_seconds, scores)
+    return ScoredRun(row, scores.prompt_records, scores.calibration.to_dict())
 
 
 def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[ScoredRun]:

@@ -4,7 +4,8 @@
 with an evaluator: `InnerLoop` trains each candidate with the project's trainer and scores it with the metrics
 package; `SyntheticMaskProblem` is a closed-form stand-in. Results are a `SearchResult` whose front points become
 `MemControlConfig` objects; `write_search_outputs` writes the front, hypervolume, plots and chosen masks.
-`peft_memcontrol.search.fidelity` measures whether the inner loop ranks masks like the full fine-tune.
+`peft_memcontrol.search.fidelity` measures whether the inner loop ranks masks like the full fine-tune, and
+`check_proxy_fidelity` runs that check after a search (`FullFineTune`: the full fine-tune and evaluation of one method).
 """
 
 from .candidate_run import WORST_VALUE, run_candidate
@@ -19,6 +20,8 @@ from .fidelity import (
     rank_correlation,
     select_fidelity_candidates,
 )
+from .fidelity_check import FidelityCheck, check_proxy_fidelity
+from .full_run import FullFineTune, FullRun
 from .genome import METHOD_CHOICES, Candidate, GenomeSpace
 from .inner_loop import InnerLoop, TrainableShareConstraint
 from .journal import Journal, atomic_write_json
@@ -40,8 +43,12 @@ __all__ = [
     "DEFAULT_FULL_COUNTERPARTS",
     "METHOD_CHOICES",
     "FidelityCandidate",
+    "FidelityCheck",
+    "FullFineTune",
+    "FullRun",
     "FullCounterpart",
     "ProxyFidelity",
+    "check_proxy_fidelity",
     "measure_proxy_fidelity",
     "rank_correlation",
     "select_fidelity_candidates",

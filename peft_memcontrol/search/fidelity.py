@@ -203,6 +203,28 @@ class FidelityRow:
             return "opposite"
         return "no evidence"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: objective, full metric and sign, the correlation's fields (``None`` when undefined), why it is
+        undefined, the verdict and the reading."""
+        correlation = None if self.correlation is None else self.correlation._asdict()
+        return {
+            "objective": self.objective,
+            "metric": self.counterpart.metric,
+            "sign": self.counterpart.sign,
+            "correlation": correlation,
+            "constant": self.constant,
+            "verdict": self.verdict,
+            "reading": self.reading(),
+        }
+
+    def summary(self) -> str:
+        """One line for a terminal: the objective, its full metric, rho with its interval, and the verdict."""
+        names = f"{self.objective} vs full {self.counterpart.label}"
+        if self.correlation is None:
+            return f"{names}: undefined ({self.constant})"
+        c = self.correlation
+        return f"{names}: rho {c.rho:.2f}, {c.confidence:.0%} CI [{c.low:.2f}, {c.high:.2f}], n={c.n}: {self.verdict}"
+
     def reading(self) -> str:
         """One sentence saying what the correlation means for the search."""
         names = f"`{self.objective}` vs the full `{self.counterpart.label}`"

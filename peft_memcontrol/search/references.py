@@ -15,15 +15,14 @@ the warning is a rule of thumb, stated with its numbers.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import statistics
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .journal import atomic_write_json
 from .lock import search_folder_lock
+from .stored import read_stored, write_stored
 
 
 if TYPE_CHECKING:
@@ -99,13 +98,13 @@ def measure_references(searcher: MaskSearcher, runs: int = 3, base_model: bool =
     knee = result.knee()
     key = {"header": searcher.header(), "candidate": knee.candidate.key, "runs": runs, "base_model": base_model}
     path = os.path.join(searcher.output_dir, REFERENCES_NAME) if searcher.output_dir else None
-    stored = _read(path)
-    if stored is not None and stored.get("key") == json.loads(json.dumps(key)):
+    stored = read_stored(path, key)
+    if stored is not None:
         return SearchReferences(**stored["references"])
     with search_folder_lock(searcher.output_dir) if searcher.output_dir else contextlib.nullcontext():
         references = _measure(searcher, knee, result.objectives, runs if replicate is not None else 1, score_base)
     if path is not None:
-        atomic_write_json(path, {"key": key, "references": asdict(references)})
+        write_stored(path, key, references=asdict(references))
     return references
 
 
@@ -124,14 +123,3 @@ def _measure(
         logger.info("Scoring the base model (no fine-tuning) with the search's objectives.")
         base_scores = {name: float(value) for name, value in score_base(knee.candidate).items()}
     return SearchReferences(objectives, knee.candidate.key, values, base_scores)
-
-
-def _read(path: str | None) -> dict[str, Any] | None:
-    if path is None or not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        logger.warning("%s cannot be read (%s); measuring the references again.", path, error)
-        return None
