@@ -1,13 +1,16 @@
-"""Ray and the process pool give the same front as the serial search (real local Ray clusters, 2 CPUs)."""
+"""Ray gives the same front as the serial search (a real local Ray cluster started with `ray start`, 2 CPUs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -34,11 +37,6 @@ def front(executor) -> list:
     return [(list(p.candidate.genome), p.scores) for p in result.front]
 
 
-@pytest.fixture(scope="module")
-def serial_front():
-    return front("serial")
-
-
 def memcontrol_search(output_dir, *flags: str, env: dict | None = None) -> dict:
     """Run ``memcontrol search`` on the 8-bit synthetic problem in a new process; return its front.json."""
     command = [sys.executable, "-m", "peft_memcontrol.cli", "search", "--synthetic", "8", "--population_size", "6"]
@@ -48,12 +46,21 @@ def memcontrol_search(output_dir, *flags: str, env: dict | None = None) -> dict:
     return json.loads((output_dir / "front.json").read_text())["front"]
 
 
-@pytest.fixture(scope="module")
-def shell_cluster():
-    """A Ray cluster started the way a user starts one: ``ray start --head`` (2 CPUs), stopped afterwards."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_start_cluster() -> Iterator[str]:
+    """A Ray cluster started the way a user starts one: ``ray start --head`` (2 CPUs), stopped afterwards; yields its
+    address. Inside one test, not a fixture: pytest-xdist may tear a module fixture down between two tests of the
+    module, and a ``ray start`` seconds after ``ray stop`` on the same port failed ("Session name ... does not match
+    persisted value")."""
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable))
     assert ray_cli, "the ray command is missing: pip install -e '.[test]'"
-    port = "6391"
+    port = str(free_port())
     temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay under 108 characters
     start = [ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--num-cpus", "2"]
     start += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir]
@@ -67,35 +74,27 @@ def shell_cluster():
 
 
 @pytest.mark.slow
-def test_ray_gives_the_same_front_as_serial(serial_front, shell_cluster):
-    """The Python API on the same cluster (one cluster for the module: starting a second local one beside it, or
-    right after another was shut down, is slow and raced with its shutdown under load)."""
+def test_searches_on_a_cluster_started_with_ray_start(tmp_path):
+    """The guide's commands (`ray start --head`, then `memcontrol search --executor ray --ray_address ...`) and the
+    Python API give the serial search's front; connecting without the cluster's token names the fix."""
     import ray
 
-    try:  # "auto" finds the head node's token, as `--ray_address auto` does
-        assert front(RayExecutor(num_cpus=1, address="auto")) == serial_front
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.slow
-def test_search_cli_on_a_cluster_started_with_ray_start(shell_cluster, tmp_path):
-    """The guide's commands: `ray start --head`, then `memcontrol search --executor ray --ray_address ...`."""
     serial = memcontrol_search(tmp_path / "serial")
-    on_head = memcontrol_search(tmp_path / "auto", "--executor", "ray", "--ray_address", "auto")
-    assert on_head == serial
-    with_token = {**os.environ, "RAY_AUTH_MODE": "token"}
-    by_address = memcontrol_search(
-        tmp_path / "address", "--executor", "ray", "--ray_address", shell_cluster, env=with_token
-    )
-    assert by_address == serial
+    with ray_start_cluster() as address:
+        try:  # "auto" finds the head node's token, as `--ray_address auto` does
+            assert front(RayExecutor(num_cpus=1, address="auto")) == front("serial")
+        finally:
+            ray.shutdown()
+        assert memcontrol_search(tmp_path / "auto", "--executor", "ray", "--ray_address", "auto") == serial
+        with_token = {**os.environ, "RAY_AUTH_MODE": "token"}
+        by_address = memcontrol_search(
+            tmp_path / "address", "--executor", "ray", "--ray_address", address, env=with_token
+        )
+        assert by_address == serial
 
-
-@pytest.mark.slow
-def test_connecting_without_the_token_names_the_fix(shell_cluster):
-    code = f"from peft_memcontrol.search import RayExecutor; RayExecutor(address={shell_cluster!r})"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        code = f"from peft_memcontrol.search import RayExecutor; RayExecutor(address={address!r})"
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
-    assert "ConnectionError: Could not connect to the Ray cluster at '127.0.0.1:6391'" in result.stderr
+    assert f"ConnectionError: Could not connect to the Ray cluster at '{address}'" in result.stderr
     assert "RAY_AUTH_MODE=token" in result.stderr
