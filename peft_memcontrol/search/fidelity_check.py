@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -43,7 +43,7 @@ from .fidelity import (
     select_fidelity_candidates,
 )
 from .full_run import FullFineTune
-from .inner_loop import RUN_ONLY_TRAINING_FIELDS, InnerLoop
+from .inner_loop import InnerLoop, run_settings
 from .journal import jsonable
 from .lock import search_folder_lock
 from .result import FrontPoint, SearchResult
@@ -204,12 +204,7 @@ def full_settings(step: FullFineTune, training: TrainingConfig) -> dict[str, Any
             "pretrained_model_name_or_path": step.pretrained_model_name_or_path,
             "train_data_dir": step.train_data_dir,
             "resolution": step.resolution,
-            "training": {
-                f.name: getattr(training, f.name) for f in fields(training) if f.name not in RUN_ONLY_TRAINING_FIELDS
-            },
-            "evaluation": {
-                f.name: getattr(step.evaluation, f.name) for f in fields(step.evaluation) if f.name != "feature_device"
-            },
+            **run_settings(training, step.evaluation),
             "num_test_images": len(step.data.test.captions),
             "num_memorized_images": len(step.data.memorization.captions),
             "num_training_images": len(step.data.training.captions),

@@ -175,6 +175,15 @@ def _fields(settings: Any) -> dict[str, Any]:
     return {field.name: getattr(settings, field.name) for field in fields(settings)}
 
 
+def run_settings(training: TrainingConfig, evaluation: EvaluationSettings) -> dict[str, Any]:
+    """What decides a run's scores in its training config and evaluation settings: the training fields without
+    `RUN_ONLY_TRAINING_FIELDS` (where and how visibly a run goes), the evaluation fields without ``feature_device``."""
+    return {
+        "training": {name: value for name, value in _fields(training).items() if name not in RUN_ONLY_TRAINING_FIELDS},
+        "evaluation": {name: value for name, value in _fields(evaluation).items() if name != "feature_device"},
+    }
+
+
 def data_fingerprint(data_dir: str | None) -> str | None:
     """SHA-256 of an image folder's content as the inner loop reads it: each row's file name, caption and image
     file bytes, in ``metadata.jsonl`` order (the proxy set draws rows by index).
@@ -276,14 +285,7 @@ class InnerLoop:
                     "test_data_dir": data_fingerprint(self.data.test_data_dir),
                 },
                 "objectives": self.objectives,
-                "training": {
-                    name: value
-                    for name, value in _fields(self.training).items()
-                    if name not in RUN_ONLY_TRAINING_FIELDS
-                },
-                "evaluation": {
-                    name: value for name, value in _fields(self.evaluation).items() if name != "feature_device"
-                },
+                **run_settings(self.training, self.evaluation),
                 "reduction": self.reduction,
                 "config": self.config_kwargs,
             }
