@@ -7,11 +7,18 @@ back, and their totals are checked against the counts of the data and of the gen
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
-from peft_memcontrol.evaluation import EvaluationSettings, FeatureBank, evaluate_model, load_evaluation_data
+from peft_memcontrol.evaluation import (
+    EvaluationSettings,
+    FeatureBank,
+    calibrate_evaluation,
+    evaluate_model,
+    load_evaluation_data,
+)
 from peft_memcontrol.evaluation.features import EMBEDDING_BATCH_SIZE
 from peft_memcontrol.metrics import extract_features, get_feature_extractor
 from peft_memcontrol.sample_data import build_digits_dataset
@@ -69,7 +76,17 @@ def test_embedding_shows_a_bar_and_keeps_the_features(scored, capfd):
     assert torch.equal(features, extract_features(images, extractor))
 
 
-def test_no_bar_without_progress(scored, capfd):
+def test_no_bar_without_progress_and_one_calibration_serves_every_model(scored, capfd):
     pipeline, data = scored
-    evaluate_model(pipeline, data, SETTINGS)
+    scores = evaluate_model(pipeline, data, SETTINGS)
     assert final_counts(capfd.readouterr().err) == {}
+
+    # the demo calibrates each domain once and scores every model with it: the same scores as calibrating per model
+    calibration = calibrate_evaluation(pipeline, data, SETTINGS)
+    assert calibration.image_size == (32, 32) == tuple(data.training.images.shape[-2:])
+    reused = evaluate_model(pipeline, data, SETTINGS, calibration=calibration)
+    assert reused.table_values() == scores.table_values()
+    assert reused.calibration.to_dict() == scores.calibration.to_dict()
+
+    with pytest.raises(ValueError, match="measured on 16x16 px images but the model generates 32x32 px"):
+        evaluate_model(pipeline, data, SETTINGS, calibration=replace(calibration, image_size=(16, 16)))

@@ -24,11 +24,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from diffusers import UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from ..counting import meta_unet, trainable_share
-from ..evaluation import EvaluationData, EvaluationSettings, ModelScores, load_evaluation_data
+from ..evaluation import (
+    EvaluationCalibration,
+    EvaluationData,
+    EvaluationSettings,
+    ModelScores,
+    calibrate_evaluation,
+    load_evaluation_data,
+)
 from ..search import (
     FidelityCandidate,
     FrontPoint,
@@ -43,7 +51,7 @@ from ..search import (
 from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from ..search.report import write_search_outputs
-from ..tiny_sd import TINY_UNET_CONFIG, tiny_pipeline_path
+from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline, tiny_pipeline_path
 from ..training import RandomWordAddition, TrainingConfig
 from ..tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 from .config import DemoConfig
@@ -124,6 +132,13 @@ class ScoredRun:
     calibration: dict[str, Any]
 
 
+def calibrate_domain(data: EvaluationData, settings: EvaluationSettings) -> EvaluationCalibration:
+    """The thresholds every model of one domain is scored with, measured once: they depend on the data, the feature
+    space and the tiny pipeline's autoencoder only (which fine-tuning the UNet leaves alone). Runs on the device
+    Accelerate gives the training runs."""
+    return calibrate_evaluation(load_tiny_pipeline(device=PartialState().device), data, settings)
+
+
 def train_and_score(
     spec: MethodSpec,
     train_dir: str,
@@ -131,10 +146,11 @@ def train_and_score(
     data: EvaluationData,
     settings: EvaluationSettings,
     config: DemoConfig,
+    calibration: EvaluationCalibration,
 ) -> ScoredRun:
-    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings`` (the search's
-    `FullFineTune`, the step its proxy-fidelity check runs too)."""
-    run = FullFineTune(train_dir, data, settings, DEMO_RESOLUTION).run(
+    """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings`` and the
+    domain's ``calibration`` (the search's `FullFineTune`, the step its proxy-fidelity check runs too)."""
+    run = FullFineTune(train_dir, data, settings, DEMO_RESOLUTION, calibration=calibration).run(
         spec.method, demo_training(spec, run_dir, config)
     )
     scores = run.scores
@@ -157,6 +173,13 @@ def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[ScoredRun]:
         results.append(future.result())
         _announce(results[-1].row, progress)
     return results
+
+
+def _calibrate(pool: Any, domains: list[tuple[EvaluationData, EvaluationSettings]]) -> list[EvaluationCalibration]:
+    """`calibrate_domain` of each ``(data, settings)``, in the pool if any (in parallel)."""
+    if pool is None:
+        return [calibrate_domain(*domain) for domain in domains]
+    return [future.result() for future in [pool.submit(calibrate_domain, *domain) for domain in domains]]
 
 
 def _announce(row: dict[str, Any], progress: Any) -> None:
@@ -262,15 +285,15 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
             initargs=(config.device,),
         )
     try:
-        runs = os.path.join(work, "runs")
-        jobs = [
-            (spec, main.train_dir, os.path.join(runs, f"{index}"), main_data, main_settings, config)
-            for index, spec in enumerate(specs)
-        ]
-        # Full fine-tuning on the transfer domain does not wait for the search: it runs with the baselines.
-        jobs.append(
-            (specs[0], other.train_dir, os.path.join(runs, "transfer-full"), other_data, other_settings, config)
+        main_calibration, other_calibration = _calibrate(
+            pool, [(main_data, main_settings), (other_data, other_settings)]
         )
+        runs = os.path.join(work, "runs")
+        main_job = (main_data, main_settings, config, main_calibration)
+        other_job = (other_data, other_settings, config, other_calibration)
+        jobs = [(spec, main.train_dir, os.path.join(runs, f"{index}"), *main_job) for index, spec in enumerate(specs)]
+        # Full fine-tuning on the transfer domain does not wait for the search: it runs with the baselines.
+        jobs.append((specs[0], other.train_dir, os.path.join(runs, "transfer-full"), *other_job))
         *baselines, transfer_full = _run_jobs(pool, jobs, progress)
 
         progress.set_postfix_str("mask search")
@@ -290,18 +313,11 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         ]
         progress.total += len(sample)
         jobs = [
-            (searched, main.train_dir, os.path.join(runs, "searched"), main_data, main_settings, config),
-            (searched, other.train_dir, os.path.join(runs, "transfer-searched"), other_data, other_settings, config),
+            (searched, main.train_dir, os.path.join(runs, "searched"), *main_job),
+            (searched, other.train_dir, os.path.join(runs, "transfer-searched"), *other_job),
         ]
         jobs += [
-            (
-                fidelity_spec(result, choice),
-                main.train_dir,
-                os.path.join(runs, f"fidelity-{index}"),
-                main_data,
-                main_settings,
-                config,
-            )
+            (fidelity_spec(result, choice), main.train_dir, os.path.join(runs, f"fidelity-{index}"), *main_job)
             for index, choice in enumerate(sample)
         ]
         searched_main, searched_transfer, *sample_runs = _run_jobs(pool, jobs, progress)

@@ -31,10 +31,16 @@ from .settings import EvaluationSettings
 
 @dataclass
 class EvaluationCalibration:
-    """The copy threshold and the extraction attack's calibration of one `EvaluationData`."""
+    """The copy threshold and the extraction attack's calibration of one `EvaluationData`.
+
+    ``image_size`` is the height and width of the images it was measured on: distances and embeddings depend on the
+    size, so `peft_memcontrol.evaluation.evaluate_model` refuses a calibration made at another size than its
+    generations'. ``None``: not recorded (not checked).
+    """
 
     copy: CopyCalibration
     attack: AttackCalibration
+    image_size: tuple[int, int] | None = None
 
     def describe(self) -> list[str]:
         """One line each, for reports."""
@@ -74,7 +80,8 @@ def calibrate_evaluation(
     copy: CopyCalibration | None = None,
     progress: bool = False,
 ) -> EvaluationCalibration:
-    """Calibrates the copy threshold and checks the attack's threshold on ``data`` (see the module docstring).
+    """Calibrates the copy threshold and checks the attack's threshold on ``data`` (see the module docstring), at
+    the size of its images: give them at the size the scored model generates.
 
     Args:
         pipeline: the pipeline whose autoencoder turns latents into images (adapters do not change it).
@@ -101,4 +108,4 @@ def calibrate_evaluation(
         data.test.images,
         settings.extraction_threshold,
     )
-    return EvaluationCalibration(copy, attack)
+    return EvaluationCalibration(copy, attack, tuple(data.training.images.shape[-2:]))

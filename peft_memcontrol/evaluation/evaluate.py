@@ -114,7 +114,8 @@ def evaluate_model(
         settings: generation, feature space and attack settings.
         keep_generations: also return the scored generations in the `ModelScores`.
         calibration: the thresholds measured on ``data`` (`calibrate_evaluation`); computed here when ``None``.
-            Pass one to score many models on the same data without recalibrating.
+            Pass one to score many models on the same data without recalibrating (it must have been measured at the
+            generations' size).
         progress: show progress bars (generation, embedding, calibration), diffusers-style.
     """
     features = feature_bank(settings.feature, settings.feature_device)
@@ -130,6 +131,12 @@ def evaluate_model(
     )
     if calibration is None:
         calibration = calibrate_evaluation(pipeline, data, settings, features, progress=progress)
+    elif calibration.image_size is not None and tuple(calibration.image_size) != tuple(size):
+        raise ValueError(
+            f"The calibration was measured on {'x'.join(map(str, calibration.image_size))} px images but the model "
+            f"generates {'x'.join(map(str, size))} px images, and copy distances depend on the size: calibrate on the "
+            "data at the generations' size (settings.image_size), or pass calibration=None to calibrate here."
+        )
     test_images = data.test.images[: settings.num_fid_images]
     # Each memorized prompt has a seed of its own, so its generations do not depend on the prompts before it.
     attacked = data.memorization.captions
