@@ -9,7 +9,9 @@ import json
 import logging
 from dataclasses import replace
 
+import numpy as np
 import pytest
+from PIL import Image
 from scipy import stats
 
 from peft_memcontrol.cli import main
@@ -24,6 +26,14 @@ from peft_memcontrol.tuners import MemControlConfig
 
 SEED = 0
 FULL_STEPS = 3
+RING_COLOUR = (148, 103, 189)
+"""matplotlib's ``C4``, the colour ``front.png`` rings the fully fine-tuned candidates in (no other mark uses it)."""
+
+
+def ring_pixels(path) -> int:
+    """Pixels of ``RING_COLOUR`` in a PNG."""
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(image - RING_COLOUR).sum(axis=2) < 30).sum())
 
 
 def search_args(data, folder, *extra) -> list[str]:
@@ -117,6 +127,7 @@ def test_search_measures_proxy_fidelity_and_reuses_it_only_under_the_same_settin
     candidates = first["candidates"]
     assert first["measured"] and len(candidates) == 3 and all(c["status"] == "ok" for c in candidates)
     assert first["settings"]["train_steps"] == FULL_STEPS and first["settings"]["num_memorized_images"] == 2
+    assert ring_pixels(folder / "front.png") > 50  # the plot is drawn again with the fully fine-tuned ones ringed
 
     # the inner-loop scores are the journal's, the full ones those of a separate training and evaluation
     journal = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()[1:]]

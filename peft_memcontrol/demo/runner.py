@@ -50,7 +50,7 @@ from ..search import (
 )
 from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
-from ..search.report import write_search_outputs
+from ..search.report import draw_plots, write_search_outputs
 from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline, tiny_pipeline_path
 from ..training import RandomWordAddition, TrainingConfig
 from ..tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
@@ -337,6 +337,7 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         ),
     ]
     fidelity = fidelity_report(fidelity_rows)
+    draw_plots(result, os.path.join(output_dir, "search"), [row["proxy"] for row in fidelity_rows])
 
     mask = knee.candidate.mask.to_dict() if hasattr(knee.candidate.mask, "to_dict") else dict(knee.candidate.mask)
     search = {

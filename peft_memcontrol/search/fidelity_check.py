@@ -18,7 +18,8 @@ with the search's training settings and the candidate's own mask and learning ra
 ``fidelity.json`` (candidates with their inner-loop and full scores, the table's rows, the settings) and
 ``fidelity.md`` are written into the search's folder after every finished candidate: a killed check resumes, reusing
 finished candidates only when the search journal's header and the full run's settings are the same
-(`peft_memcontrol.search.stored`); under other settings every candidate is trained again.
+(`peft_memcontrol.search.stored`); under other settings every candidate is trained again. ``front.png`` is drawn
+again with the fully fine-tuned candidates ringed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .full_run import FullFineTune
 from .inner_loop import InnerLoop, run_settings
 from .journal import jsonable
 from .lock import search_folder_lock
+from .report import draw_plots
 from .result import FrontPoint, SearchResult
 from .stored import read_stored, write_stored
 
@@ -276,6 +278,7 @@ def check_proxy_fidelity(
     _measure(check, loop.objectives)
     if output_dir:
         write_fidelity(check, output_dir, key)
+        draw_plots(result, output_dir, [c["proxy"] for c in check.candidates if c["status"] == "ok"])
     return check
 
 

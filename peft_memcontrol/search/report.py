@@ -9,6 +9,7 @@ import csv
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from huggingface_hub import HfApi
@@ -103,10 +104,13 @@ def _plot_references(axes: Any, result: SearchResult, x: int, y: int) -> None:
         )
 
 
-def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
+def plot_search(
+    result: SearchResult, output_dir: str, fully_trained: Sequence[Mapping[str, float]] = ()
+) -> dict[str, str]:
     """``front.png`` (every full-budget evaluation, the front highlighted, the base model and the knee's repeated runs
-    when measured; first two objectives) and
-    ``hypervolume.png``. Needs matplotlib (``pip install "peft-memcontrol[plots]"``)."""
+    when measured, and ringed, the candidates in ``fully_trained`` (their search scores by objective): those the
+    proxy-fidelity check fine-tuned fully; first two objectives) and ``hypervolume.png``. Needs matplotlib
+    (``pip install "peft-memcontrol[plots]"``)."""
     try:
         import matplotlib
     except ImportError as error:
@@ -134,6 +138,16 @@ def plot_search(result: SearchResult, output_dir: str) -> dict[str, str]:
             textcoords="offset points",
         )
     _plot_references(axes, result, index[x_name], index[y_name])
+    if fully_trained:
+        axes.scatter(
+            [scores[x_name] for scores in fully_trained],
+            [scores[y_name] for scores in fully_trained],
+            s=110,
+            facecolors="none",
+            edgecolors="C4",
+            linewidths=1.5,
+            label=f"fully fine-tuned ({len(fully_trained)}, proxy fidelity)",
+        )
     if result.separation_warnings():
         axes.set_title("objectives barely differ: no trade-off shown", fontsize=8, color="C3")
     axes.set_xlabel(f"{x_name} (lower is better)")
@@ -198,6 +212,17 @@ def front_card_section(result: SearchResult) -> str:
     return "## Pareto front of the mask search\n\n" + "\n".join(lines) + "\n"
 
 
+def draw_plots(
+    result: SearchResult, output_dir: str, fully_trained: Sequence[Mapping[str, float]] = ()
+) -> dict[str, str]:
+    """`plot_search`, or a warning and no plots without matplotlib (the search's other outputs do not need it)."""
+    try:
+        return plot_search(result, output_dir, fully_trained)
+    except ImportError as error:
+        logger.warning("%s Skipping the plots.", error)
+        return {}
+
+
 def write_search_outputs(
     result: SearchResult,
     output_dir: str,
@@ -211,10 +236,7 @@ def write_search_outputs(
         logger.warning(warning)
     paths: dict[str, Any] = write_front(result, output_dir)
     if plots:
-        try:
-            paths.update(plot_search(result, output_dir))
-        except ImportError as error:
-            logger.warning("%s Skipping the plots.", error)
+        paths.update(draw_plots(result, output_dir))
     paths["chosen"] = save_chosen(result, choose_masks(result, max_quality, max_memorization), output_dir)
     return paths
 
