@@ -58,6 +58,16 @@ def with_formulation(config: PeftConfig, layer_class: type, formulation: str) ->
     return apply
 
 
+def svdiff_autograd_fallback(block: nn.Module) -> nn.Module:
+    """SVDiff's factorized route as it runs where the factors may not describe the weight: the frozen layer plus the
+    change, differentiated by autograd (the route before `SpectralLinear`)."""
+    model = with_formulation(pm.SVDiffConfig(), SVDiffLayer, "factorized")(block)
+    for module in model.modules():
+        if isinstance(module, SVDiffLayer):
+            module._weight_changed = True
+    return model
+
+
 def full(block: nn.Module) -> nn.Module:
     return block.requires_grad_(True)
 
@@ -73,7 +83,8 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
         block, LoraConfig(r=4, lora_alpha=4, target_modules=linear_and_conv_names(block))
     ),
     "SVDiff rebuild": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "rebuild"),
-    "SVDiff factorized": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "factorized"),
+    "SVDiff factorized (custom backward)": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "factorized"),
+    "SVDiff factorized, autograd fallback": svdiff_autograd_fallback,
     "SVDiff auto (default)": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "auto"),
     "DiffFit rebuild": with_formulation(pm.DiffFitConfig(), DiffFitLayer, "rebuild"),
     "DiffFit output (default)": with_formulation(pm.DiffFitConfig(), DiffFitLayer, "output"),

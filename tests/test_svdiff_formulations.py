@@ -59,14 +59,6 @@ def test_each_route_matches_float64(module, x_shape, formulation):
     torch.testing.assert_close(layer(x).double(), expected, rtol=0, atol=1e-5)
 
 
-def test_auto_takes_the_factorized_route_where_tokens_are_few():
-    layer = _layer(nn.Linear(1280, 1280), init_weights=True)
-    # tokens * (in + out) < in * out  <=>  tokens < 640 for a 1280 x 1280 weight
-    assert layer._takes_factorized_route(torch.zeros(1, 639, 1280))
-    assert not layer._takes_factorized_route(torch.zeros(1, 640, 1280))
-    assert layer._takes_factorized_route(torch.zeros(2, 319, 1280))
-
-
 def _svdiff() -> SVDiffConfig:
     return SVDiffConfig(init_weights=False)
 

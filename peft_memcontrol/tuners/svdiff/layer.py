@@ -10,6 +10,7 @@ from torch import nn
 from ...svd import SpectralFactors, spectral_factors
 from ..base import MaskedTunerConfig, MaskedTunerLayer
 from ..targets import NORM_LAYERS
+from .autograd import SpectralConv2d, SpectralLinear
 
 
 class SVDiffLayer(MaskedTunerLayer):
@@ -21,16 +22,30 @@ class SVDiffLayer(MaskedTunerLayer):
     the state dict (they are recomputed from the base weight on loading) and are freed with the layer.
 
     The change ``U diag(relu(s + d) - s) Vh`` reaches the output by one of two exact routes (``formulation``):
-    ``"rebuild"`` forms the adapted weight and runs the layer once (cost ``out x in x k`` per call, whatever the batch);
-    ``"factorized"`` runs the frozen layer and adds ``((x Vh^T) * shift) U^T`` (cost ``tokens x k x (in + out)``, like
-    a LoRA of rank k). ``"auto"`` (the default) takes the cheaper one for each call from the layer's shape and the
-    number of tokens: the factorized route where tokens are few (low-resolution blocks, cross-attention K/V, the time
-    embedding), rebuilding where they are many. Both give the same outputs and gradients to float32 rounding.
+    ``"rebuild"`` forms the adapted weight and runs the layer (a training step costs ``2 out x in x k`` to form and
+    differentiate the weight, whatever the batch, plus the layer's ``3 tokens x out x in``); ``"factorized"`` runs the
+    frozen layer and adds ``((x Vh^T) * change) U^T`` through `SpectralLinear` / `SpectralConv2d`, whose backward keeps
+    only ``x Vh^T`` and skips the frozen weight (a step costs ``tokens x (out x in + 2 k x (in + out))``). ``"auto"``
+    (the default) takes the cheaper one for each call from the layer's shape and the number of tokens (forward costs
+    alone under ``torch.no_grad``): the factorized route where tokens are few (low-resolution blocks, cross-attention K/V, the time embedding), rebuilding where they are many.
+    Both give the same outputs and gradients to float32 rounding; the factorized one computes in float32 whatever the
+    input's dtype or autocast, and returns the dtype the base layer would.
+
+    The factorized route needs the factors to describe the current weight and nothing but the shifts and inputs to
+    need gradients. Where that is not known (the base layer's parameters are trainable; its weight was loaded,
+    replaced or written in place after the decomposition; another adapter was merged into it) the route runs the base
+    layer and adds the change through autograd instead (a step costs ``2 tokens x (out x in + k x (in + out))``),
+    which is exact with whatever weight the layer holds.
     """
 
     adapter_layer_names = ("mc_svdiff_spectral_shift", "mc_svdiff_norm_shift")
     formulation: str = "auto"
     _spectral: SpectralFactors | None = None
+    #: ``(data_ptr, version)`` of the base weight when the factors were computed from it, or ``None``.
+    _decomposed_weight_state: tuple[int, int] | None = None
+    #: Set when the base weight may have changed in a way its version counter does not show (a state dict loaded into
+    #: it, another adapter merged into it); cleared when the factors are dropped.
+    _weight_changed: bool = False
 
     @property
     def is_norm(self) -> bool:
@@ -43,16 +58,47 @@ class SVDiffLayer(MaskedTunerLayer):
         if self._spectral is None:
             weight = self._originals[0] if self._originals is not None else self.get_base_layer().weight
             self._spectral = spectral_factors(weight, as_row=self.is_norm)
+            self._decomposed_weight_state = self._weight_state()
         elif self._spectral.device != device:
             self._spectral = self._spectral.to(device)
         return self._spectral
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
         # `.to()`, `.cuda()` and `.half()` reach modules through `_apply`; the factors follow the device only.
+        matched = self._factors_match_weight()
         super()._apply(fn, recurse)
         if self._spectral is not None:
             self._spectral = self._spectral.to(self.get_base_layer().weight.device)
+            self._decomposed_weight_state = self._weight_state() if matched else None
         return self
+
+    def _weight_state(self) -> tuple[int, int]:
+        weight = self.get_base_layer().weight
+        return weight.data_ptr(), weight._version
+
+    def _factors_match_weight(self) -> bool:
+        """Whether the factors still describe the base weight, as far as can be known without reading it.
+
+        Writes through ``weight.data`` leave the version counter alone; the ones this package and PEFT make (merges)
+        pass through `merge`, and state dicts through `_load_from_state_dict`, which set ``_weight_changed``. Under
+        ``torch.compile`` the version counter cannot be read (Dynamo treats it as data), so only those flags count.
+        """
+        if self._spectral is None or self._weight_changed or self._decomposed_weight_state is None:
+            return False
+        return torch.compiler.is_compiling() or self._decomposed_weight_state == self._weight_state()
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        # PEFT and diffusers call every tuner layer's merge; names not ours mean another adapter (a LoRA wrapping this
+        # layer) is about to write its change into our base weight, which our factors then no longer describe.
+        requested = self.active_adapters if adapter_names is None else adapter_names
+        if any(name not in self.mc_components for name in requested):
+            self._weight_changed = True
+        super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        if any(key.startswith(prefix + "base_layer.") for key in state_dict):
+            self._weight_changed = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def create_components(self, adapter_name: str, config: MaskedTunerConfig, components: frozenset) -> None:
         base = self.get_base_layer()
@@ -71,6 +117,7 @@ class SVDiffLayer(MaskedTunerLayer):
         super().delete_adapter(adapter_name)
         if not self.mc_components:
             self._spectral = None
+            self._decomposed_weight_state, self._weight_changed = None, False
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters or self.merged or self.is_norm:
@@ -78,12 +125,37 @@ class SVDiffLayer(MaskedTunerLayer):
         active = [name for name in self.active_adapters if name in self.mc_components]
         if not active or not self._takes_factorized_route(x):
             return super().forward(x, *args, **kwargs)
+        if self._spectral_route_applies():
+            return self._spectral_forward(x, active)
         output = self.base_layer(x, *args, **kwargs)
         return output + self._factorized_change(x, active).to(output.dtype)
 
+    def _spectral_route_applies(self) -> bool:
+        """Whether `SpectralLinear`/`SpectralConv2d` compute this layer exactly with every gradient it needs: the
+        factors describe the base weight and none of the base layer's parameters is trained."""
+        base = self.get_base_layer()
+        return not any(parameter.requires_grad for parameter in base.parameters()) and self._factors_match_weight()
+
+    def _spectral_forward(self, x: torch.Tensor, active: list[str]) -> torch.Tensor:
+        """The adapted output ``W x + bias + U diag(sum of the active adapters' scaled changes) Vh x``, in float32."""
+        u, s, vh = self.spectral_factors
+        change = sum(self._singular_value_change(self.mc_svdiff_spectral_shift, name, s) for name in active)
+        base = self.get_base_layer()
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        weight, bias = base.weight.float(), None if base.bias is None else base.bias.float()
+        with torch.autocast(device, enabled=False):
+            if isinstance(base, nn.Linear):
+                output = SpectralLinear.apply(x.float(), weight, bias, u, s, change, vh)
+            else:
+                kernel = vh.reshape(s.shape[0], *base.weight.shape[1:])
+                geometry = (base.stride, base.padding, base.dilation)
+                output = SpectralConv2d.apply(x.float(), weight, bias, u, s, change, kernel, *geometry)
+        return output.to(dtype)
+
     def _takes_factorized_route(self, x: torch.Tensor) -> bool:
-        """Whether ``formulation`` (or, for ``"auto"``, the cost model in the class docstring) picks the factorized
-        route for input ``x``. Grouped or non-zero-padded convolutions always rebuild."""
+        """Whether ``formulation`` (or, for ``"auto"``, the costs in the class docstring) picks the factorized route
+        for input ``x``. Grouped or non-zero-padded convolutions always rebuild."""
         if self.formulation not in ("auto", "rebuild", "factorized"):
             raise ValueError(
                 f"Unknown SVDiff formulation {self.formulation!r}; use 'auto', 'rebuild' or 'factorized'."
@@ -94,12 +166,17 @@ class SVDiffLayer(MaskedTunerLayer):
         if self.formulation != "auto":
             return self.formulation == "factorized"
         rows, columns = base.weight.shape[0], base.weight[0].numel()
+        rank = min(rows, columns)
         if isinstance(base, nn.Linear):
             tokens = x.numel() // max(x.shape[-1], 1)
         else:
             tokens = x.shape[0] * x.shape[-2] * x.shape[-1] // (base.stride[0] * base.stride[1])
-        # factorized: tokens x k x (in + out); rebuild: out x in x k (the rank k cancels)
-        return tokens * (rows + columns) < rows * columns
+        passes = 2 if torch.is_grad_enabled() else 1  # forward, and backward to the inputs and the shifts
+        # the frozen layer runs in the forward; the backward skips it with `SpectralLinear`, not through autograd
+        frozen_layer = 1 if self._spectral_route_applies() else passes
+        factorized = passes * tokens * rank * (rows + columns) + frozen_layer * tokens * rows * columns
+        rebuild = passes * rows * columns * rank + (2 * passes - 1) * tokens * rows * columns
+        return factorized < rebuild
 
     def _factorized_change(self, x: torch.Tensor, active: list[str]) -> torch.Tensor:
         """``x`` through ``U diag(sum of the active adapters' scaled shifts) Vh`` (their changes add)."""
