@@ -8,11 +8,17 @@ Problems (fixed instances; true fronts by enumeration, the learning rate on its 
 * 13 bits + a learning-rate gene whose optimum moves with the mask and whose rate raises memorization, with noise
   (the reference's 13-bit SVDiff genome);
 * a 16-bit knapsack (correlated weights and values, quality collapses past a capacity);
-* a 16-bit deceptive problem (trap functions on blocks of 4 bits).
+* a 16-bit deceptive problem (trap functions on blocks of 4 bits), twice: units named without structure
+  (``unit.0``, ...), and named by block (``block.0.unit.0``, ...) as a real UNet's units are
+  (``down_blocks.1.attentions.0``), so that the search's group moves (`SearchConfig.group_move_share`) see the blocks.
 
-Searches: `MaskSearcher` (population 20) in each surrogate mode, Optuna's NSGAIISampler (population 20) and
-TPESampler (Optuna is an optional benchmark dependency: ``pip install "peft-memcontrol[bench]"``) and random search. Each search runs
-until it has evaluated 100 distinct genomes (a genome proposed again is answered from a cache and costs nothing; the
+The units of the other problems are named by block of 4 too (``block.b.unit.i``): a real genome always has names, so
+the group moves are on there as well and the table shows what they cost where the blocks mean nothing.
+
+Searches: `MaskSearcher` (population 20) in each surrogate mode, with the surrogate at population 10 (the default of
+`memcontrol search` for budgets up to 100 evaluations), and so without group moves (``group_move_share=0``, the
+default before them); Optuna's NSGAIISampler (population 20) and TPESampler (Optuna is an optional benchmark
+dependency: ``pip install "peft-memcontrol[bench]"``) and random search. Each search runs until it has evaluated 100 distinct genomes (a genome proposed again is answered from a cache and costs nothing; the
 noisy value the search sees is fixed per genome). Measure: the hypervolume of the true (noise-free) values of the
 genomes evaluated so far, as a fraction of the true front's, with the reference point at the true front's nadir plus
 10% of its range; median and interquartile range over the seeds.
@@ -53,8 +59,13 @@ CHECKPOINTS = (20, 50, 100)
 POPULATION = 20
 
 
-def bit_space(num_bits: int, learning_rate: bool = False) -> GenomeSpace:
-    units = tuple(f"unit.{i}" for i in range(num_bits))
+BLOCK = 4
+"""Units per named block (``block.b.unit.i``), the deceptive problem's trap block."""
+
+
+def bit_space(num_bits: int, learning_rate: bool = False, named: bool = True) -> GenomeSpace:
+    """Units ``block.b.unit.i`` (blocks of `BLOCK`), or ``unit.i`` when not ``named``."""
+    units = tuple(f"block.{i // BLOCK}.unit.{i % BLOCK}" if named else f"unit.{i}" for i in range(num_bits))
     return GenomeSpace(units=units) if learning_rate else GenomeSpace(units=units, learning_rate_bounds=None)
 
 
@@ -65,7 +76,11 @@ PROBLEMS: dict[str, tuple[ClosedFormProblem, GenomeSpace]] = {
         bit_space(13, learning_rate=True),
     ),
     "knapsack, 16 bits": (KnapsackMaskProblem(16, seed=3), bit_space(16)),
-    "deceptive, 16 bits": (DeceptiveMaskProblem(16, seed=4), bit_space(16)),
+    "deceptive, 16 bits, units named by block": (DeceptiveMaskProblem(16, seed=4, block=BLOCK), bit_space(16)),
+    "deceptive, 16 bits, units without names": (
+        DeceptiveMaskProblem(16, seed=4, block=BLOCK),
+        bit_space(16, named=False),
+    ),
 }
 
 
@@ -77,9 +92,15 @@ def run_mask_searcher(
     budget: int,
     surrogate: str,
     population: int = POPULATION,
+    group_move_share: float = SearchConfig.group_move_share,
 ) -> list[list[float]]:
     config = SearchConfig(
-        population_size=population, generations=budget, max_evaluations=budget, surrogate=surrogate, seed=seed
+        population_size=population,
+        generations=budget,
+        max_evaluations=budget,
+        surrogate=surrogate,
+        group_move_share=group_move_share,
+        seed=seed,
     )
     result = MaskSearcher(space, problem, config=config, progress=False).run()
     return [record["genome"] for record in result.records]
@@ -122,6 +143,9 @@ SEARCHES: dict[str, Callable[[ClosedFormProblem, GenomeSpace, int, int], list[li
     },
     "MaskSearcher, surrogate='gp', population 10": lambda problem, space, seed, budget: run_mask_searcher(
         problem, space, seed, budget, "gp", population=10
+    ),
+    "MaskSearcher, surrogate='gp', population 10, no group moves": lambda problem, space, seed, budget: (
+        run_mask_searcher(problem, space, seed, budget, "gp", population=10, group_move_share=0.0)
     ),
     "Optuna NSGAIISampler": lambda problem, space, seed, budget: run_optuna(
         problem, space, budget, optuna.samplers.NSGAIISampler(population_size=POPULATION, seed=seed)

@@ -14,7 +14,7 @@ SURROGATES = ("none", "gp")
 RESUMABLE_FIELDS = ("generations", "max_evaluations")
 """Fields a resumed search may change: they say how long the search runs, not what it does."""
 
-LATER_FIELDS = ("learning_rate_tolerance", "surrogate", "surrogate_pool")
+LATER_FIELDS = ("learning_rate_tolerance", "surrogate", "surrogate_pool", "group_move_share")
 """Fields added after journals were first written: left out of `SearchConfig.settings` while at their default, so
 that the journal and checkpoint of an older search (which lack them) still compare equal and resume."""
 
@@ -23,9 +23,10 @@ def default_population_size(max_evaluations: int | None) -> int:
     """The population `memcontrol search` uses when ``--population_size`` is not given: 10 for a budget of at most 100
     evaluations, else 20 (`SearchConfig`'s default).
 
-    From the benchmark of record (`benchmarks/results/search_efficiency.md`, 7 seeds, surrogate on): population 10
-    reaches a larger share of the true front than 20 at 20 and 50 evaluations on every problem (e.g. 0.87 vs 0.79 at 20
-    on the knapsack, 0.88 vs 0.86 at 50 with the learning-rate gene) and the same at 100 (within 0.01).
+    From the benchmark of record (`benchmarks/results/search_efficiency.md`, 7 seeds, surrogate and group moves on):
+    population 10 reaches a larger share of the true front than 20 at 20 and 50 evaluations on every problem (e.g.
+    0.83 vs 0.79 at 20 on the knapsack, 0.90 vs 0.85 at 50 with the learning-rate gene, 0.99 vs 0.89 at 50 on the
+    deceptive problem with units named by block) and the same at 100 (within 0.01).
     """
     return 10 if max_evaluations is not None and max_evaluations <= 100 else 20
 
@@ -57,6 +58,11 @@ class SearchConfig:
             and sends only the most promising to the evaluator (`peft_memcontrol.search.surrogate`), once there are
             at least one successful evaluation per gene (`MIN_RECORDS_PER_GENE`); ``"none"``: plain NSGA-II.
         surrogate_pool: candidate offspring screened per offspring dispatched (with ``surrogate="gp"``).
+        group_move_share: share of each generation's offspring made by a group move instead (a parent with every
+            unit of one named group set to one value: `peft_memcontrol.search.operators.mutate_group`), rounded,
+            dispatched without the surrogate's screening: a model fitted on masks that change one unit at a time
+            predicts whole-group changes badly. Only for units whose names have groups (``down_blocks.1``, ...:
+            `peft_memcontrol.search.operators.unit_groups`); 0: none.
         seed: seeds the search's private random generator (DEAP's operators draw from it).
         reference_point: hypervolume reference point; default: the worst value of each objective in the first
             population plus 10% of its range, fixed for the rest of the search.
@@ -76,6 +82,7 @@ class SearchConfig:
     learning_rate_tolerance: float = 0.025
     surrogate: str = "gp"
     surrogate_pool: int = 20
+    group_move_share: float = 0.2
     seed: int = 0
     reference_point: list[float] | None = None
 
@@ -101,6 +108,8 @@ class SearchConfig:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {self.surrogate!r}.")
         if self.surrogate_pool < 1:
             raise ValueError(f"surrogate_pool must be at least 1, got {self.surrogate_pool}.")
+        if not 0 <= self.group_move_share <= 1:
+            raise ValueError(f"group_move_share must be in [0, 1], got {self.group_move_share}.")
 
     @property
     def offspring(self) -> int:

@@ -8,7 +8,11 @@
 * ``mate``: `mate_genomes`, uniform crossover of the unit genes and simulated binary crossover of the learning-rate
   gene;
 * ``mutate``: `mutate_genome`, bit flips (uniform integer resets for method choices) of the unit genes and polynomial
-  mutation of the learning-rate gene.
+  mutation of the learning-rate gene;
+* ``mutate_group``: `mutate_group`, which sets every unit of one group (`unit_groups`: units that share a name prefix,
+  such as ``down_blocks.1``) to one value. Bit flips change one unit at a time, so they cannot cross a valley that
+  only a whole block's change leaves (a block of attention layers that helps only when all of it trains); the
+  searcher dispatches a share of each generation's offspring from this move (`SearchConfig.group_move_share`).
 
 Swap one by registering another under the same name on ``MaskSearcher.toolbox``, e.g.
 ``searcher.toolbox.register("mutate", tools.mutFlipBit, indpb=0.2)`` for a bit genome without a learning-rate gene.
@@ -116,12 +120,51 @@ def mutate_genome(individual: Individual, space: GenomeSpace, eta: float, indpb:
     return (individual,)
 
 
+def unit_groups(units: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The groups of units that share a dotted name prefix: prefix -> indices of its units, for every prefix of a
+    unit's name (whole dotted parts, the name itself excluded) that holds at least 2 units and not all of them.
+
+    Prefixes that hold the same units name one group, under the shortest. For SD-1.5's 16 attention slots
+    (``down_blocks.0.attentions.0``, ...): ``down_blocks`` (6 units), ``down_blocks.0`` ... ``down_blocks.2`` (2
+    each), ``up_blocks`` (9) and ``up_blocks.1`` ... ``up_blocks.3`` (3 each). Units named without structure
+    (``unit.0``, ``unit.1``, ...) have no groups. Groups are listed in the order their first unit and then their
+    prefix length appear, so the same units always give the same groups.
+    """
+    members: dict[str, list[int]] = {}
+    for index, unit in enumerate(units):
+        parts = unit.split(".")
+        for length in range(1, len(parts)):
+            members.setdefault(".".join(parts[:length]), []).append(index)
+    groups: dict[str, tuple[int, ...]] = {}
+    named = set()
+    for prefix, indices in members.items():
+        if 2 <= len(indices) < len(units) and tuple(indices) not in named:
+            named.add(tuple(indices))
+            groups[prefix] = tuple(indices)
+    return groups
+
+
+def mutate_group(individual: Individual, space: GenomeSpace, groups: Sequence[Sequence[int]]) -> tuple[Individual]:
+    """Mutate a genome in place: every unit gene of one group (drawn uniformly from ``groups``, lists of unit-gene
+    indices, e.g. `unit_groups`' values) set to one value drawn uniformly (0 or 1 for bits, a method index for
+    method choices). The learning-rate gene is left as it is."""
+    group = random.choice(groups)
+    value = random.randint(0, space.unit_gene_max)
+    for index in group:
+        individual[index] = value
+    return (individual,)
+
+
 def make_toolbox(space: GenomeSpace, config: SearchConfig) -> base.Toolbox:
-    """The search's operators for ``space`` with ``config``'s rates (see the module docstring)."""
+    """The search's operators for ``space`` with ``config``'s rates (see the module docstring); ``mutate_group`` only
+    when the space's units have groups (`unit_groups`)."""
     toolbox = base.Toolbox()
     toolbox.register("select", tools.selNSGA2)
     toolbox.register("select_parents", crowded_tournament)
     toolbox.register("mate", mate_genomes, space=space, eta=config.crossover_eta)
     indpb = config.gene_mutation_probability or 1.0 / space.num_genes
     toolbox.register("mutate", mutate_genome, space=space, eta=config.mutation_eta, indpb=indpb)
+    groups = list(unit_groups(space.units).values())
+    if groups:
+        toolbox.register("mutate_group", mutate_group, space=space, groups=groups)
     return toolbox

@@ -13,6 +13,9 @@ all registered on the searcher's DEAP toolbox.
 * **Few evaluations**: with ``surrogate="gp"`` (the default) a Gaussian process fitted on the evaluations so far
   screens many candidate offspring and only the most promising are trained (`peft_memcontrol.search.surrogate`);
   ``max_evaluations`` stops the search at the number of fine-tuning runs a user can afford.
+* **Whole blocks**: when the units' names have groups (``down_blocks.1``, ...), a share of each generation's offspring
+  (``group_move_share``) sets one whole group to one value, unscreened: bit flips and a surrogate fitted on them miss
+  blocks that help only when all their units train (`peft_memcontrol.search.operators.mutate_group`).
 * **Never lose work**: each finished evaluation is appended to ``journal.jsonl`` and each generation written to
   ``checkpoint.json`` (JSON, atomic). A killed search resumes where it stopped, to exactly the front an uninterrupted
   run reaches, because the random state is checkpointed, evaluations are deterministic and nothing depends on the
@@ -356,6 +359,8 @@ class MaskSearcher:
         or to another offspring (learning rates within ``learning_rate_tolerance`` count as equal). With a surrogate
         and enough evaluations, ``surrogate_pool`` times more are drawn and the most promising kept.
 
+        A share of them (``group_move_share``) comes from group moves and is not screened.
+
         Reads only the records of earlier generations, in key order: a resumed search draws the same offspring."""
         count = self._offspring_count(generation)
         earlier = sorted(
@@ -366,22 +371,51 @@ class MaskSearcher:
         for record in earlier:
             seen.add(record["genome"])
         training = [record for record in earlier if record["status"] == "ok" and float(record["budget"]) == 1.0]
+        grouped = self._new_children(self._group_moves, population, seen, self._group_move_count(count), REDRAW_ROUNDS)
+        count -= len(grouped)
         screen = self.config.surrogate != "none" and can_screen(self.space, len(training))
         pool = self.config.surrogate_pool if screen else 1
-        children: list[Genome] = []
-        for _ in range(REDRAW_ROUNDS * pool):
-            for child in self._vary(population):
-                if child not in seen and len(children) < count * pool:
-                    seen.add(child)
-                    children.append(child)
-            if len(children) == count * pool:
-                break
+        children = self._new_children(self._vary, population, seen, count * pool, REDRAW_ROUNDS * pool)
         if screen:
             feasible, infeasible = self._split_by_constraint(children)
             genomes, values = [r["genome"] for r in training], [r["values"] for r in training]
             chosen = choose_offspring(self.space, genomes, values, feasible, min(count, len(feasible)), self.rng)
             children = [feasible[index] for index in chosen] + infeasible[: count - len(chosen)]
+        return grouped + children
+
+    def _new_children(
+        self,
+        vary: Callable[[list[Individual]], list[Genome]],
+        population: list[Individual],
+        seen: GenomeIndex,
+        wanted: int,
+        rounds: int,
+    ) -> list[Genome]:
+        """Up to ``wanted`` children from at most ``rounds`` calls of ``vary``, none in ``seen`` (they are added)."""
+        children: list[Genome] = []
+        for _ in range(rounds):
+            if len(children) == wanted:
+                break
+            for child in vary(population):
+                if child not in seen and len(children) < wanted:
+                    seen.add(child)
+                    children.append(child)
         return children
+
+    def _group_move_count(self, count: int) -> int:
+        """How many of ``count`` offspring come from group moves: ``group_move_share`` of them, rounded (none when
+        the units have no groups)."""
+        if not hasattr(self.toolbox, "mutate_group"):
+            return 0
+        return round(self.config.group_move_share * count)
+
+    def _group_moves(self, population: list[Individual]) -> list[Genome]:
+        """One round of group-move offspring (as many as a generation has offspring): the toolbox's parent
+        tournaments, then its ``mutate_group`` on a copy of each parent (no crossover: the move is the whole change)."""
+        with private_random(self.rng):
+            parents = self.toolbox.select_parents(population, self.config.offspring)
+            children = [self.toolbox.mutate_group(self.toolbox.clone(parent))[0] for parent in parents]
+        return [self.space.canonical(child) for child in children]
 
     def _split_by_constraint(self, genomes: list[Genome]) -> tuple[list[Genome], list[Genome]]:
         """``genomes`` that meet the search's constraint, and those that do not (the surrogate screens only the first:

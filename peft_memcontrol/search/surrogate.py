@@ -13,6 +13,9 @@ it dispatches, and lets `choose_offspring` pick the batch:
   weight vector from the search's own random generator and takes the not yet chosen candidate with the lowest
   augmented Tchebycheff scalarization of the optimistic prediction (mean minus `EXPLORATION` standard deviations),
   objectives normalized over the evaluations. Different weights send the batch to different parts of the front.
+* **Not screened**: the offspring of group moves (`SearchConfig.group_move_share`). A model fitted on masks that
+  differ a unit at a time predicts a whole block's change from its single units, and where a block helps only whole
+  (the deceptive problem of `peft_memcontrol.search.synthetic`) it screens out exactly the moves that find it.
 
 The fit reads only the evaluations of earlier generations, in key order, and draws from the search's generator, so a
 resumed search screens exactly as an uninterrupted one.
