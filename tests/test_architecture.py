@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hub",),
     ("counting", "optim"),
     ("tuners",),
-    ("slots", "model_parts", "svd", "latents", "_registry", "_version"),
+    ("slots", "model_parts", "svd", "latents", "_registry", "_version", "constants", "_lazy", "_import_hooks"),
 )
 """Top to bottom. Modules in one layer may import each other."""
 

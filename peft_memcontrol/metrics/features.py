@@ -26,13 +26,11 @@ from torch import nn
 from torchmetrics.image.fid import NoTrainInceptionV3
 from transformers import AutoImageProcessor, AutoModel
 
+from ..constants import DEFAULT_FEATURE, TRANSFORMERS_ALIASES
 from .images import ImageInput, prepare_images
 
 
 FeatureSpec = str | nn.Module | Callable[[torch.Tensor], torch.Tensor]
-
-DEFAULT_FEATURE = "efficientnet-lite0"
-TRANSFORMERS_ALIASES = {"clip": "openai/clip-vit-large-patch14", "dinov2": "facebook/dinov2-base"}
 
 
 class FeatureExtractor(nn.Module):

@@ -6,10 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..constants import SURROGATES
 
-SURROGATES = ("none", "gp")
-"""`SearchConfig.surrogate` modes: plain NSGA-II, or offspring screened by a Gaussian process
-(`peft_memcontrol.search.surrogate`)."""
 
 RESUMABLE_FIELDS = ("generations", "max_evaluations")
 """Fields a resumed search may change: they say how long the search runs, not what it does."""

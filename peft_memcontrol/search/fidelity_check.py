@@ -66,10 +66,6 @@ NO_HELD_OUT = "no held-out folder (--test_data_dir): the full evaluation's KID a
 #: Fewest fully evaluated candidates a rank correlation is computed on (with 2 it is always +1 or -1).
 MIN_CANDIDATES = 3
 
-#: Default full fine-tune length, in inner-loop budgets (``K``, ``--max_train_steps``): the demo's ratio, 200 full
-#: steps for 20 inner-loop steps.
-TRAIN_STEPS_PER_BUDGET = 10
-
 
 @dataclass
 class FidelityCheck:

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..constants import OBJECTIVE_NAMES
 from ..evaluation import EvaluationSettings, FeatureBank, SplitImages, dataset_split, generate
 from ..metrics import (
     ExtractionAttackConfig,
@@ -215,17 +216,9 @@ def trainable_share(context: ObjectiveContext) -> float:
 
 Objective = Callable[[ObjectiveContext], float]
 
-BUILTIN_OBJECTIVES: dict[str, Objective] = {
-    "noise_norm": noise_norm,
-    "fid": fid,
-    "kid": kid,
-    "neg_amd": neg_amd,
-    "copy_similarity": copy_similarity,
-    "extraction": extraction,
-    "val_loss": val_loss,
-    "trainable_share": trainable_share,
-}
-"""Built-in objectives by name (see the module docstring)."""
+BUILTIN_OBJECTIVES: dict[str, Objective] = {name: globals()[name] for name in OBJECTIVE_NAMES}
+"""Built-in objectives by name (see the module docstring): each name of `OBJECTIVE_NAMES`, the command line's
+choices, is the function of that name above."""
 
 
 def resolve_objectives(objectives: Sequence[str | Objective]) -> list[tuple[str, Objective]]:

@@ -1,59 +1,51 @@
-"""The ``memcontrol`` command. Subcommands register themselves in `SUBCOMMANDS` (``search``, ``demo`` and ``report``
-here; more can be added with their own ``add_<name>_parser`` function).
+"""The flags of the ``memcontrol`` subcommands, importable without torch.
 
-    memcontrol search --train_data_dir faces --test_data_dir faces-test --objectives copy_similarity kid \\
-        --population_size 20 --generations 10 --max_train_steps 100 --output_dir search-out
-
-Without ``--train_data_dir`` it searches on the package's tiny pipeline and the LFW demo set (offline, CPU); with
-``--synthetic 10`` it searches a closed-form toy problem instead of training (to try the tool and its outputs).
+Each subcommand's handler (`peft_memcontrol.cli.search`, ``.demo``, ``.report``) is imported only after its flags
+are parsed and checked (`Handler`): ``--help`` and argument errors come before torch, diffusers and PEFT are loaded.
+Choices and defaults come from `peft_memcontrol.constants`, the modules' torch-free lists.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+import importlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
-import torch
-from diffusers import UNet2DConditionModel
-
-from .counting import meta_unet
-from .demo import runner as demo_runner
-from .demo.config import DemoConfig
-from .evaluation import RunComparisonError, combined_report, load_run, runs_picture
-from .metrics.features import DEFAULT_FEATURE, TRANSFORMERS_ALIASES
-from .sample_data import build_faces_dataset
-from .search import (
-    GenomeSpace,
-    MaskSearcher,
-    ProcessExecutor,
-    RayExecutor,
-    SearchConfig,
-    SearchResult,
-    SerialExecutor,
-    SyntheticMaskProblem,
-    UnsatisfiableConstraintError,
-    measure_references,
+from ..constants import (
+    DEFAULT_FEATURE,
+    METHOD_NAMES,
+    OBJECTIVE_NAMES,
+    SURROGATES,
+    TRAIN_STEPS_PER_BUDGET,
+    TRANSFORMERS_ALIASES,
 )
-from .search.config import SURROGATES, default_population_size
-from .search.fidelity_check import TRAIN_STEPS_PER_BUDGET, check_proxy_fidelity
-from .search.genome import default_learning_rate_bounds
-from .search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec, TrainableShareConstraint
-from .search.journal import JournalError
-from .search.lock import SearchFolderBusyError
-from .search.objectives import BUILTIN_OBJECTIVES
-from .search.report import push_mask_to_hub, write_search_outputs
-from .tiny_sd import tiny_pipeline_path
-from .training import TrainingConfig
-from .tuners import METHODS, MemControlConfig
 
 
-logger = logging.getLogger("memcontrol")
+class Handler:
+    """A subcommand's handler: the function ``function`` of the module ``peft_memcontrol.cli.<command>``, imported
+    when the handler is called, after ``check`` (cheap checks of the flags: the reason they cannot be used, or
+    ``None``) has passed.
+
+    Calling it returns the command's exit status: 2, with the reason on stderr, when ``check`` refuses the flags.
+    """
+
+    def __init__(
+        self, command: str, function: str, check: Callable[[argparse.Namespace], str | None] | None = None
+    ) -> None:
+        self.command = command
+        self.__name__ = function
+        self.check = check
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        problem = self.check(args) if self.check is not None else None
+        if problem is not None:
+            print(f"memcontrol {self.command}: error: {problem}", file=sys.stderr)
+            return 2
+        module = importlib.import_module(f"{__package__}.{self.command}")
+        return getattr(module, self.__name__)(args)
 
 
 SEARCH_DESCRIPTION = """\
@@ -129,7 +121,7 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     )
 
     method = parser.add_argument_group("method and genome")
-    method.add_argument("--method", choices=tuple(METHODS), default="svdiff", help="The method the masks apply to.")
+    method.add_argument("--method", choices=METHOD_NAMES, default="svdiff", help="The method the masks apply to.")
     method.add_argument(
         "--mask_semantics",
         choices=("paper", "strict"),
@@ -168,10 +160,10 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--objectives",
         nargs="+",
-        choices=tuple(BUILTIN_OBJECTIVES),
+        choices=OBJECTIVE_NAMES,
         default=["copy_similarity", "kid"],
         metavar="OBJECTIVE",
-        help=f"Two or three objectives, all minimized; choose from {', '.join(BUILTIN_OBJECTIVES)}. The default "
+        help=f"Two or three objectives, all minimized; choose from {', '.join(OBJECTIVE_NAMES)}. The default "
         "pairs copy_similarity (rises when the model copies memorization images whatever the prompt; the noise_norm "
         "reward falls in that case) with kid (unbiased at a few hundred images, unlike fid).",
     )
@@ -413,15 +405,24 @@ def add_search_parser(subparsers: argparse._SubParsersAction) -> None:
         help="Error of the synthetic objectives at every budget, drawn anew for each training run (as a seed's luck).",
     )
     toy.add_argument("--synthetic_delay", type=float, default=0.0, help="Seconds each synthetic evaluation waits.")
-    parser.set_defaults(handler=run_search)
+    parser.set_defaults(handler=Handler("search", "run_search", check=invalid_search_flags))
 
 
 class SearchHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each flag's help, the description laid out as written."""
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_search_parser]
-"""Functions that add one subcommand each (``search``; a ``demo`` subcommand can be appended)."""
+def invalid_search_flags(args: argparse.Namespace) -> str | None:
+    """Why the search's flags cannot be used, checked before anything is imported or trained, or ``None``."""
+    for name in ("fidelity_front", "fidelity_other"):
+        if getattr(args, name) < 0:
+            return f"--{name} must be at least 0, got {getattr(args, name)}."
+    for name in ("fidelity_train_steps", "fidelity_num_fid_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            return f"--{name} must be at least 1, got {getattr(args, name)}."
+    if args.noise_runs < 1:
+        return f"--noise_runs must be at least 1, got {args.noise_runs}."
+    return None
 
 
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -455,41 +456,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--search_train_steps", type=int, default=None, help="Inner-loop steps per candidate.")
     parser.add_argument("--num_workers", type=int, default=None, help="Parallel processes (default 2; 1: none).")
     parser.add_argument("--no_progress", action="store_true")
-    parser.set_defaults(handler=run_demo)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo with the preset and overrides of the flags; prints the table and the report's paths."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.device != "cuda":
-        torch.set_num_threads(1)  # tiny models: threads only add contention
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "seed",
-            "device",
-            "max_train_steps",
-            "train_batch_size",
-            "num_generations",
-            "num_inference_steps",
-            "population_size",
-            "generations",
-            "search_train_steps",
-            "num_workers",
-        )
-    }
-    config = DemoConfig.preset_config("quick" if args.quick else "default", progress=not args.no_progress, **overrides)
-    if args.seeds:
-        summary = demo_runner.run_demo_seeds(config, args.seeds, args.output_dir)
-    else:
-        summary = demo_runner.run_demo(config, args.output_dir)
-    with open(summary["paths"]["results.md"], encoding="utf-8") as handle:
-        print(handle.read())
-    print(f"Report in {os.path.abspath(args.output_dir)} ({summary['seconds']:.0f} s)")
-    return 0
-
-
-SUBCOMMANDS.append(add_demo_parser)
+    parser.set_defaults(handler=Handler("demo", "run_demo"))
 
 
 def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -515,248 +482,12 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="Write the table even when the runs were scored differently, with the differences listed above it.",
     )
-    parser.set_defaults(handler=run_report)
+    parser.set_defaults(handler=Handler("report", "run_report"))
 
 
-def run_report(args: argparse.Namespace) -> int:
-    """Print (and write) the combined report and its nearest-neighbour picture; exit status 2 when the runs cannot
-    share a table, or the picture asked for by ``--nearest_picture`` cannot be drawn."""
-    try:
-        runs = [load_run(folder) for folder in args.runs]
-        report = combined_report(runs, args.allow_different_settings)
-    except (RunComparisonError, FileNotFoundError, ValueError) as error:
-        print(f"memcontrol report: error: {error}", file=sys.stderr)
-        return 2
-    picture = args.nearest_picture
-    if picture is None and args.output:
-        picture = os.path.splitext(args.output)[0] + "-nearest.png"
-    if picture is not None:
-        try:
-            runs_picture(runs, picture)
-        except (FileNotFoundError, ValueError, ImportError) as error:
-            if args.nearest_picture is not None:
-                print(f"memcontrol report: error: {error}", file=sys.stderr)
-                return 2
-            print(f"memcontrol report: no nearest-neighbour picture: {error}", file=sys.stderr)
-        else:
-            folder = os.path.dirname(os.path.abspath(args.output)) if args.output else os.getcwd()
-            link = os.path.relpath(os.path.abspath(picture), folder)
-            report += f"\n![the attack's generations of each run beside their nearest training images]({link})\n"
-    print(report)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(report)
-    return 0
-
-
-SUBCOMMANDS.append(add_report_parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memcontrol", description="MemControl: mask search for PEFT fine-tuning.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in SUBCOMMANDS:
-        add(subparsers)
-    return parser
-
-
-def search_learning_rate_bounds(args: argparse.Namespace, unet_config: dict[str, Any]) -> tuple[float, float] | None:
-    """The learning-rate gene's range: ``None`` with a fixed ``--learning_rate``; else the flags, each defaulting to
-    the model's range (`default_learning_rate_bounds`; SD-1.5's for a synthetic problem), said in the log."""
-    if args.learning_rate is not None:
-        return None
-    (low, high), reason = default_learning_rate_bounds(unet_config)
-    bounds = (
-        low if args.learning_rate_min is None else args.learning_rate_min,
-        high if args.learning_rate_max is None else args.learning_rate_max,
-    )
-    if bounds == (low, high):
-        logger.info("Searching the %s.", reason)
-    else:
-        logger.info("Searching learning rates %g..%g (the model's default: %s).", *bounds, reason)
-    return bounds
-
-
-def _search_setup(args: argparse.Namespace):
-    """(space, evaluator, constraint) from the flags."""
-    if args.synthetic is not None:
-        lr_bounds = search_learning_rate_bounds(args, {})
-        units = tuple(f"unit.{i}" for i in range(args.synthetic))
-        space = GenomeSpace(units=units, method=args.method, learning_rate_bounds=lr_bounds, name="synthetic")
-        evaluator = SyntheticMaskProblem(
-            args.synthetic,
-            seed=args.seed,
-            noise=args.synthetic_noise,
-            evaluation_noise=args.synthetic_evaluation_noise,
-            delay=args.synthetic_delay,
-        )
-        return space, evaluator, None
-
-    model_path = args.pretrained_model_name_or_path or tiny_pipeline_path()
-    train_dir, test_dir = args.train_data_dir, args.test_data_dir
-    if train_dir is None:
-        demo = build_faces_dataset(os.path.join(args.output_dir, "demo-data"), seed=args.seed)
-        train_dir, test_dir = demo.train_dir, test_dir or demo.test_dir
-    unet_config = dict(UNet2DConditionModel.load_config(model_path, subfolder="unet"))
-    lr_bounds = search_learning_rate_bounds(args, unet_config)
-    config_kwargs = {"mask_semantics": args.mask_semantics, "granularity": args.granularity}
-    model = meta_unet({k: v for k, v in unet_config.items() if not k.startswith("_")})
-    space = GenomeSpace.for_model(
-        model,
-        MemControlConfig(method=args.method, **config_kwargs),
-        layout=not args.no_reference_layout,
-        learning_rate_bounds=lr_bounds,
-    )
-    data = ProxyDataSpec(
-        train_dir,
-        test_data_dir=test_dir,
-        pretrained_model_name_or_path=args.pretrained_model_name_or_path,
-        resolution=args.resolution,
-        fraction=args.proxy_fraction,
-        num_memorization=args.proxy_num_memorization,
-        repeats=args.proxy_repeats,
-        seed=args.seed,
-    )
-    training = TrainingConfig(
-        max_train_steps=args.max_train_steps,
-        train_batch_size=args.train_batch_size,
-        learning_rate=args.learning_rate or 1e-4,
-        mixed_precision=args.mixed_precision,
-        caption_dropout_probability=args.caption_dropout_probability,
-        seed=args.seed,
-    )
-    evaluation = replace(
-        SEARCH_EVALUATION,
-        num_generations=args.num_extraction_generations,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        feature=args.feature,
-        seed=args.seed,
-        num_fid_images=args.num_fid_images,
-    )
-    evaluator = InnerLoop(
-        data, args.objectives, training, evaluation, **config_kwargs, svd_cache_dir=args.svd_cache_dir
-    )
-    constraint = None
-    if args.max_trainable_share is not None:
-        constraint = TrainableShareConstraint(args.max_trainable_share, unet_config, **config_kwargs)
-    return space, evaluator, constraint
-
-
-def _executor(args: argparse.Namespace):
-    if args.executor == "process":
-        return ProcessExecutor(num_workers=args.num_workers, gpus=args.gpus or None)
-    if args.executor == "ray":
-        return RayExecutor(num_gpus=args.gpus_per_task, address=args.ray_address)
-    return SerialExecutor()
-
-
-def _reference_lines(result: SearchResult) -> list[str]:
-    """What the search's reference measurements say, one line each: the noise per objective and the base model."""
-    references = result.references
-    if references is None:
-        return []
-    lines = []
-    if len(references.runs) > 1:
-        noise = ", ".join(f"{name} {value:.3g}" for name, value in references.noise().items())
-        lines.append(f"noise of one evaluation (s.d. over {len(references.runs)} runs of the knee): {noise}")
-    if references.base_model is not None:
-        scores = ", ".join(f"{name} {value:.5g}" for name, value in references.base_model.items())
-        lines.append(f"base model (not fine-tuned): {scores}")
-    return lines
-
-
-def _invalid_fidelity_flags(args: argparse.Namespace) -> str | None:
-    """Why the proxy-fidelity flags cannot be used (checked before the search, not after it), or ``None``."""
-    for name in ("fidelity_front", "fidelity_other"):
-        if getattr(args, name) < 0:
-            return f"--{name} must be at least 0, got {getattr(args, name)}."
-    for name in ("fidelity_train_steps", "fidelity_num_fid_images"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            return f"--{name} must be at least 1, got {getattr(args, name)}."
-    return None
-
-
-def run_search(args: argparse.Namespace) -> int:
-    """Run (or resume) a search and write its outputs; returns the exit status: 0, 1 when no candidate succeeded
-    (the outputs are still written, and the counts by status and the first error printed), 2 when the output folder
-    cannot be resumed (other settings, a damaged journal or checkpoint, ``--no_resume`` on an existing search, or another
-    search running in it)."""
-    invalid = _invalid_fidelity_flags(args)
-    if invalid is not None:
-        print(f"memcontrol search: error: {invalid}", file=sys.stderr)
-        return 2
-    space, evaluator, constraint = _search_setup(args)
-    config = SearchConfig(
-        population_size=(
-            args.population_size if args.population_size is not None else default_population_size(args.max_evaluations)
-        ),
-        generations=args.generations,
-        num_offspring=args.num_offspring,
-        crossover_probability=args.crossover_probability,
-        mutation_probability=args.mutation_probability,
-        fidelities=tuple(args.fidelities),
-        promote_fraction=args.promote_fraction,
-        max_evaluations=args.max_evaluations,
-        learning_rate_tolerance=args.learning_rate_tolerance,
-        surrogate=args.surrogate,
-        surrogate_pool=args.surrogate_pool,
-        seed=args.seed,
-    )
-    searcher = MaskSearcher(
-        space,
-        evaluator,
-        config=config,
-        output_dir=args.output_dir,
-        executor=_executor(args),
-        constraint=constraint,
-        progress=not args.no_progress,
-        retry_failed=args.retry_failed,
-    )
-    try:
-        result = searcher.run(resume=not args.no_resume)
-    except (JournalError, FileExistsError, SearchFolderBusyError, UnsatisfiableConstraintError) as error:
-        # the message says why and the way out
-        print(f"memcontrol search: error: {error}", file=sys.stderr)
-        return 2
-    if args.noise_runs < 1:
-        print(f"memcontrol search: error: --noise_runs must be at least 1, got {args.noise_runs}.", file=sys.stderr)
-        return 2
-    result.references = measure_references(searcher, args.noise_runs, base_model=not args.no_base_model_scores)
-    paths = write_search_outputs(result, args.output_dir, args.max_quality, args.max_memorization)
-    print(f"Front of {len(result.front)} masks, hypervolume {result.hypervolume:.6g}; outputs in {args.output_dir}")
-    for line in _reference_lines(result):
-        print(f"  {line}")
-    for name, folder in paths["chosen"].items():
-        print(f"  {name}: {folder}")
-    fidelity = check_proxy_fidelity(
-        searcher,
-        result,
-        args.fidelity_train_steps or TRAIN_STEPS_PER_BUDGET * args.max_train_steps,
-        args.fidelity_front,
-        args.fidelity_other,
-        args.fidelity_num_fid_images,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    for line in fidelity.summary_lines():
-        print(f"  {line}")
-    failure = result.failure()
-    if failure is not None:
-        print(f"memcontrol search: error: {failure}", file=sys.stderr)
-        return 1
-    if args.push_to_hub:
-        repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-        print(push_mask_to_hub(result, result.knee(), repo_id))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``memcontrol`` console script."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_search_parser,
+    add_demo_parser,
+    add_report_parser,
+]
+"""Functions that add one subcommand each to the ``memcontrol`` parser."""
