@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from peft_memcontrol.search import GenomeSpace, InnerLoop, MaskSearcher, SearchConfig
+from peft_memcontrol.search import GenomeSpace, InnerLoop, MaskSearcher, SearchConfig, inner_loop
 from peft_memcontrol.search.inner_loop import ProxyDataSpec, data_fingerprint
 from peft_memcontrol.search.journal import JournalError
 from peft_memcontrol.training import TrainingConfig
@@ -116,3 +116,26 @@ def test_resume_after_the_images_changed_is_refused_naming_the_fingerprint(tmp_p
     assert "evaluator.settings.data_fingerprint.train_data_dir" in message
     assert "--output_dir" in message and "evaluator.settings.data.train_data_dir" not in message
     assert (output / "journal.jsonl").read_text() == journal  # nothing evaluated, nothing written
+
+
+def test_a_run_hashes_its_data_once_for_the_journal_references_and_fidelity_check(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    write_folder(data)
+    hashed = []
+
+    def counted(data_dir):
+        hashed.append(data_dir)
+        return data_fingerprint(data_dir)
+
+    monkeypatch.setattr(inner_loop, "data_fingerprint", counted)
+    searcher = search(tmp_path / "search", str(data))
+    searcher.run()
+    assert hashed == [str(data), None]  # the run's header: the training folder, and no held-out folder
+    header = searcher.header()
+    assert searcher.header() == header and hashed == [str(data), None]  # what references and fidelity key by
+
+    photo("coins").save(data / "1.png")  # changed after the run: the run's evaluations were made on the old images
+    assert searcher.header() == header and len(hashed) == 2
+    with pytest.raises(JournalError, match="data_fingerprint"):
+        searcher.run()  # a new run reads the folder again, and refuses to resume on other images
+    assert len(hashed) == 4

@@ -38,6 +38,7 @@ all registered on the searcher's DEAP toolbox.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -151,6 +152,7 @@ class MaskSearcher:
         self.generation = -1
         self.history: list[dict[str, float]] = []
         self.reference_point = list(self.config.reference_point) if self.config.reference_point else None
+        self._header: dict[str, Any] | None = None
 
     def _path(self, name: str) -> str | None:
         return os.path.join(self.output_dir, name) if self.output_dir is not None else None
@@ -177,15 +179,19 @@ class MaskSearcher:
 
         The genome space, objectives and search config (`search_settings`: all but ``generations``), the
         evaluator's and the constraint's ``settings()`` (or only their type when they have none), and the version
-        of peft-memcontrol.
+        of peft-memcontrol. Made once per run (an `InnerLoop`'s settings hash every image of its folders): the
+        references and the proxy-fidelity check that follow a run key their stored results by the header its
+        evaluations were made under.
         """
-        header = {
-            **self._settings(),
-            "evaluator": _settings_of(self.evaluator),
-            "constraint": None if self.constraint is None else _settings_of(self.constraint),
-            "peft_memcontrol": __version__,
-        }
-        return json.loads(json.dumps(header, allow_nan=False))
+        if self._header is None:
+            header = {
+                **self._settings(),
+                "evaluator": _settings_of(self.evaluator),
+                "constraint": None if self.constraint is None else _settings_of(self.constraint),
+                "peft_memcontrol": __version__,
+            }
+            self._header = json.loads(json.dumps(header, allow_nan=False))
+        return copy.deepcopy(self._header)
 
     def _check_header(self, header: dict[str, Any]) -> None:
         """Refuse a journal written with other settings than ``header`` (this search's), naming the fields that
@@ -519,7 +525,7 @@ class MaskSearcher:
                     f"{self._path(JOURNAL_NAME)} exists: resume the search (resume=True; `memcontrol search` without "
                     f"--no_resume), or {_AFRESH}"
                 )
-            header = self.header()  # once: it may hash the data
+            header = self.header()
             self._load(header)
             journal = Journal(self._path(JOURNAL_NAME), header=header)
         total = self.config.generations + 1
