@@ -1,5 +1,5 @@
-"""``import peft_memcontrol``, ``memcontrol --help`` and the ``memcontrol`` flag errors import no torch, and the
-package still registers its methods with PEFT whoever imports PEFT, and in which order.
+"""``import peft_memcontrol``, ``--help`` and the flag errors of ``memcontrol`` and of the launch script import no
+torch, and the package still registers its methods with PEFT whoever imports PEFT, and in which order.
 
 Each check runs in a fresh interpreter: what a process has imported is the point. Wall time is measured in
 ``benchmarks/help_time.py``, not asserted here.
@@ -25,6 +25,7 @@ from helpers.models import build_sd15_unet, sd15_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(REPO, "examples", "train_text_to_image_memcontrol.py")
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -38,22 +39,31 @@ def test_the_command_lines_choices_are_the_implemented_names():
     assert all(BUILTIN_OBJECTIVES[name].__name__ == name for name in OBJECTIVE_NAMES)
 
 
-def test_memcontrol_help_and_flag_errors_come_without_torch():
-    code = """
-import contextlib, io, json, sys
+def test_help_and_flag_errors_come_without_torch(tmp_path):
+    """``memcontrol search`` and the launch script: help, a bad flag and refused values, files and folders."""
+    no_metadata = str(tmp_path)
+    missing_mask = str(tmp_path / "mask.json")
+    code = f"""
+import contextlib, io, json, runpy, sys
 import peft_memcontrol
 from peft_memcontrol.cli import main
-outcome = {"after_import": sorted(m for m in ("torch", "peft", "diffusers") if m in sys.modules)}
-for name, argv in {
-    "help": ["search", "--help"],
-    "bad_choice": ["search", "--objectives", "copy_similarity", "no_such_objective"],
-    "noise_runs": ["search", "--noise_runs", "0"],
-    "fidelity": ["search", "--fidelity_train_steps", "0"],
-}.items():
+outcome = {{"after_import": sorted(m for m in ("torch", "peft", "diffusers") if m in sys.modules)}}
+train = runpy.run_path({SCRIPT!r}, run_name="launch_script")["main"]
+for name, command, argv in [
+    ("help", main, ["search", "--help"]),
+    ("bad_choice", main, ["search", "--objectives", "copy_similarity", "no_such_objective"]),
+    ("noise_runs", main, ["search", "--noise_runs", "0"]),
+    ("fidelity", main, ["search", "--fidelity_train_steps", "0"]),
+    ("train_help", train, ["--help"]),
+    ("train_bad_flag", train, ["--no_such_flag"]),
+    ("train_no_metadata", train, ["--train_data_dir", {no_metadata!r}]),
+    ("train_missing_mask", train, ["--method", "memcontrol", "--mask", {missing_mask!r}]),
+    ("train_epochs", train, ["--num_train_epochs", "0"]),
+]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            status = main(argv)
+            status = command(argv)
         except SystemExit as stop:
             status = stop.code
     outcome[name] = [status, out.getvalue(), err.getvalue()]
@@ -76,6 +86,20 @@ print(json.dumps(outcome))
     assert "--noise_runs must be at least 1, got 0." in outcome["noise_runs"][2]
     assert outcome["fidelity"][0] == 2
     assert "--fidelity_train_steps must be at least 1, got 0." in outcome["fidelity"][2]
+    status, help_text, _ = outcome["train_help"]
+    flat = " ".join(help_text.split())
+    assert status == 0 and "--memorization_check_steps" in flat  # a flag of the script's own
+    assert "--noise_norm_threshold" in flat  # a flag made from TrainingConfig's fields
+    assert "{" + ",".join((*METHOD_NAMES, "memcontrol", "lora", "full")) + "}" in flat
+    status, _, error = outcome["train_bad_flag"]
+    assert status == 2 and "unrecognized arguments: --no_such_flag" in error
+    status, _, error = outcome["train_no_metadata"]
+    assert status == 2 and f"error: {no_metadata} has no metadata.jsonl or metadata.csv" in error
+    assert "--train_csv" in error  # the message names the flag for a CSV of another name
+    assert outcome["train_missing_mask"][0] == 2
+    assert f"error: --mask {missing_mask} does not exist." in outcome["train_missing_mask"][2]
+    assert outcome["train_epochs"][0] == 2
+    assert "error: num_train_epochs must be at least 1, got 0." in outcome["train_epochs"][2]
 
 
 def test_python_m_runs_the_command():

@@ -15,6 +15,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from peft import LoraConfig, PeftConfig, PeftModel
 
+from peft_memcontrol.cli.train import build_method, read_mask_file
 from peft_memcontrol.tiny_sd import load_tiny_pipeline
 from peft_memcontrol.training import TrainingConfig, config_from_args
 from peft_memcontrol.tuners import DiffFitConfig, MemControlConfig, SVDiffConfig
@@ -103,14 +104,14 @@ def test_two_process_launch_saves_adapter_that_loads_and_generates(tmp_path):
 
 def test_bad_mask_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--mask"):
-        launch_script.read_mask_file(str(tmp_path / "missing.json"))
+        read_mask_file(str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([1, 0, 1]))
     with pytest.raises(ValueError, match=r"--mask .*bad\.json: .*unit names to true/false"):
-        launch_script.read_mask_file(str(bad))
+        read_mask_file(str(bad))
     good = tmp_path / "result.json"
     good.write_text(json.dumps({"mask": {"down_blocks.0.attentions.0": True}, "learning_rate": 3e-4}))
-    read = launch_script.read_mask_file(str(good))
+    read = read_mask_file(str(good))
     assert (read.mask, read.learning_rate, read.method) == ({"down_blocks.0.attentions.0": True}, 3e-4, None)
     with pytest.raises(ValueError, match="takes no mask"):
         launch_script.parse_args(["--method", "full", "--mask", str(good)])
@@ -127,17 +128,17 @@ def test_method_that_disagrees_with_the_mask_file_is_refused(tmp_path):
         path = str(folder / "adapter_config.json")
         with pytest.raises(ValueError, match=r"--method svdiff disagrees with --mask .*'difffit'.*--method difffit"):
             launch_script.parse_args(["--method", "svdiff", "--mask", path])
-        trained = launch_script.build_method(launch_script.parse_args(["--method", "difffit", "--mask", path]))
+        trained = build_method(launch_script.parse_args(["--method", "difffit", "--mask", path]))
         assert isinstance(trained, DiffFitConfig) and trained.mask == mask
-        recorded = launch_script.build_method(launch_script.parse_args(["--method", "memcontrol", "--mask", path]))
+        recorded = build_method(launch_script.parse_args(["--method", "memcontrol", "--mask", path]))
         assert isinstance(recorded, MemControlConfig) and recorded.method == "difffit" and recorded.mask == mask
     plain = tmp_path / "mask.json"
     plain.write_text(json.dumps(mask))  # a bare mask records no method: any masked method takes it
-    assert isinstance(launch_script.build_method(launch_script.parse_args(["--mask", str(plain)])), SVDiffConfig)
+    assert isinstance(build_method(launch_script.parse_args(["--mask", str(plain)])), SVDiffConfig)
 
 
 def test_lora_baseline_targets_the_attention_projections_of_diffusers_lora_script():
-    config = launch_script.build_method(launch_script.parse_args(["--method", "lora", "--rank", "8"]))
+    config = build_method(launch_script.parse_args(["--method", "lora", "--rank", "8"]))
     assert isinstance(config, LoraConfig) and config.r == 8 and config.lora_alpha == 8
     assert set(config.target_modules) == {"to_q", "to_k", "to_v", "to_out.0"}
 

@@ -20,6 +20,7 @@ import pytest
 from peft import get_peft_model
 from PIL import Image
 
+from peft_memcontrol.cli.train import choose_learning_rate, read_mask_file
 from peft_memcontrol.tiny_sd import load_tiny_pipeline
 from peft_memcontrol.tuners import MemControlConfig
 
@@ -122,8 +123,8 @@ def test_banner_and_summary_state_the_run(tmp_path, caplog):
 def test_the_learning_rate_says_where_it_came_from(tmp_path):
     searched = tmp_path / "knee.json"
     searched.write_text(json.dumps({"mask": {TINY_SLOTS[0]: True}, "method": "svdiff", "learning_rate": 3e-3}))
-    choose = launch_script.choose_learning_rate
-    mask_file = launch_script.read_mask_file(str(searched))
+    choose = choose_learning_rate
+    mask_file = read_mask_file(str(searched))
     assert choose(2e-4, mask_file) == (2e-4, "from --learning_rate")
     assert choose(None, mask_file) == (3e-3, f"from the searched mask file {searched}")
     assert choose(None, None) == (1e-4, "the default")

@@ -9,7 +9,9 @@ Without ``--train_data_dir`` it searches on the package's tiny pipeline and the 
 This module and the flags import no torch: a subcommand's handler (``cli/search.py``, ``demo.py``, ``report.py``)
 is imported once its flags are parsed and checked, so that ``--help`` and argument errors take a moment, not the
 seconds that torch, diffusers and PEFT take to import. The handlers are also importable from here
-(``from peft_memcontrol.cli import run_search``), which imports them.
+(``from peft_memcontrol.cli import run_search``), which imports them. ``cli/train.py`` is not a subcommand: it is
+the training of ``examples/train_text_to_image_memcontrol.py``, loaded the same way once that script's flags are
+checked.
 """
 
 from __future__ import annotations

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .mitigations import parse_threshold
+
+def parse_threshold(value: str) -> float | str:
+    """Parse a ``--noise_norm_threshold`` flag: a number, or ``auto`` (any case)."""
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError as err:
+        raise ValueError(f"--noise_norm_threshold must be a number or 'auto', got {value!r}.") from err
 
 
 @dataclass

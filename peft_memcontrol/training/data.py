@@ -27,11 +27,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .image_folders import find_metadata_files
 
-#: The metadata files of an image folder, as ``datasets``' ``imagefolder`` reads them (not its ``metadata.parquet``).
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-#: Folder names that ``datasets`` reads as a validation or test split (``datasets.data_files.SPLIT_KEYWORDS``).
-HELD_OUT_SPLIT_FOLDERS = ("validation", "valid", "dev", "val", "test", "testing", "eval", "evaluation")
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 #: PIL modes of 8-bit images, read exactly as ``image.convert("RGB")`` reads them (not ``LAB``: Pillow converts
@@ -419,45 +417,6 @@ def _bad_rows_report(
         f"{source}: {len(bad)} of {len(rows)} rows name an image that cannot be used. Fix or remove these rows:"
         f"\n{listing}"
     )
-
-
-def find_metadata_files(root: str) -> list[str]:
-    """The metadata files of an image folder, as ``datasets``' ``imagefolder`` finds them: every ``metadata.jsonl``
-    or ``metadata.csv`` in ``root`` and its subfolders, ``root``'s first, then in path order.
-
-    Refused, with the fix: a missing folder; no metadata file (naming ``--train_csv`` for a CSV of another name);
-    files of both kinds; a metadata file in a subfolder named like a held-out split (`HELD_OUT_SPLIT_FOLDERS`), whose
-    rows ``imagefolder`` would not train on.
-    """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--train_data_dir {root} does not exist.")
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
-        found += [os.path.join(folder, name) for name in METADATA_FILES if name in files]
-    if not found:
-        raise FileNotFoundError(
-            f"{root} has no metadata.jsonl or metadata.csv: an image folder needs one, with a row per image such as "
-            '{"file_name": "0001.png", "text": "a photo of ..."} (or the CSV columns file_name,text). A CSV of '
-            "another name, or with paths outside the folder, is read with --train_csv."
-        )
-    kinds = {os.path.basename(path) for path in found}
-    if len(kinds) > 1:
-        raise ValueError(
-            f"{root} holds both metadata.jsonl and metadata.csv files ({found}): as in datasets' imagefolder, the "
-            "metadata files of a folder must all be of one kind. Convert or remove one kind."
-        )
-    held_out = [
-        path
-        for path in found
-        if any(part.lower() in HELD_OUT_SPLIT_FOLDERS for part in os.path.relpath(path, root).split(os.sep)[:-1])
-    ]
-    if held_out:
-        raise ValueError(
-            f"{root}: {held_out} lie in folders named like a held-out split, which datasets' imagefolder does not "
-            "train on. Pass the training split's folder as --train_data_dir (e.g. its train/ subfolder)."
-        )
-    return found
 
 
 def read_metadata_rows(path: str) -> list[tuple[int, dict[str, Any]]]:

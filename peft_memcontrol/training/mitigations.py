@@ -151,13 +151,3 @@ def threshold_keep_mask(norms: torch.Tensor, threshold: float | str, quantile: f
             return torch.ones_like(norms, dtype=torch.bool)
         threshold = torch.quantile(norms.float(), quantile).item()
     return norms <= float(threshold)
-
-
-def parse_threshold(value: str) -> float | str:
-    """Parse a ``--noise_norm_threshold`` flag: a number, or ``auto`` (any case)."""
-    if value.lower() == "auto":
-        return "auto"
-    try:
-        return float(value)
-    except ValueError as err:
-        raise ValueError(f"--noise_norm_threshold must be a number or 'auto', got {value!r}.") from err
