@@ -5,9 +5,10 @@ The UNet benchmark (`bench_adapters.py`) trains whole small UNets, where SVDiff'
 fine-tuning. At SD-1.5's shapes the number of tokens per layer is small (16 x 16 latents in the 1280-channel blocks,
 77 text tokens for cross-attention K/V), and rebuilding ``W = U diag(s') Vh`` in every forward costs more than the
 layer itself. This script measures, on one SD-1.5 ``Transformer2DModel`` (1280 channels, 34.8 M parameters, batch 1,
-16 x 16 tokens), the CPU time of a forward + backward step and the bytes autograd saves for backward, for: the frozen
-block (backward to the inputs only), full fine-tuning, PEFT's LoRA r=4 on every Linear/Conv2d, and SVDiff and DiffFit
-with each of their formulations. Variants run interleaved, one thread, medians of the repetitions::
+16 x 16 tokens), the CPU time of a forward + backward step, the bytes autograd saves for backward and the CPU time of
+an unmerged forward under ``torch.no_grad`` (inference), for: the frozen block (backward to the inputs only), full
+fine-tuning, PEFT's LoRA r=4 on every Linear/Conv2d, and SVDiff and DiffFit with each of their formulations (SVDiff
+also without its inference cache). Variants run interleaved, one thread, medians of the repetitions::
 
     python benchmarks/bench_svdiff_block.py --output benchmarks/results/svdiff_block_cpu.md
 """
@@ -68,6 +69,15 @@ def svdiff_autograd_fallback(block: nn.Module) -> nn.Module:
     return model
 
 
+def svdiff_without_inference_cache(block: nn.Module) -> nn.Module:
+    """SVDiff's default, rebuilding or projecting in every forward that needs no gradient too."""
+    model = with_formulation(pm.SVDiffConfig(), SVDiffLayer, "auto")(block)
+    for module in model.modules():
+        if isinstance(module, SVDiffLayer):
+            module.inference_cache = False
+    return model
+
+
 def full(block: nn.Module) -> nn.Module:
     return block.requires_grad_(True)
 
@@ -86,6 +96,7 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "SVDiff factorized (custom backward)": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "factorized"),
     "SVDiff factorized, autograd fallback": svdiff_autograd_fallback,
     "SVDiff auto (default)": with_formulation(pm.SVDiffConfig(), SVDiffLayer, "auto"),
+    "SVDiff auto, inference cache off": svdiff_without_inference_cache,
     "DiffFit rebuild": with_formulation(pm.DiffFitConfig(), DiffFitLayer, "rebuild"),
     "DiffFit output (default)": with_formulation(pm.DiffFitConfig(), DiffFitLayer, "output"),
 }
@@ -95,6 +106,11 @@ def step(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
     hidden = inputs["hidden_states"].clone().requires_grad_(True)
     output = model(hidden_states=hidden, encoder_hidden_states=inputs["encoder_hidden_states"]).sample
     output.pow(2).mean().backward()
+
+
+def inference(model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        model(**inputs)
 
 
 def saved_bytes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
@@ -137,13 +153,23 @@ def main() -> None:
         models[name].train()
         step(models[name], inputs)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in models}
+    inference_times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.repetitions):
         for name, model in models.items():
             model.zero_grad(set_to_none=True)
             start = time.process_time()
             step(model, inputs)
             times[name].append(time.process_time() - start)
+    for model in models.values():
+        model.zero_grad(set_to_none=True)
+        inference(model, inputs)  # warm-up: SVDiff's first forward without gradients builds its cache
+    for _ in range(args.repetitions):
+        for name, model in models.items():
+            start = time.process_time()
+            inference(model, inputs)
+            inference_times[name].append(time.process_time() - start)
     median = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    inference_median = {name: sorted(values)[len(values) // 2] for name, values in inference_times.items()}
     memory = {name: saved_bytes(model, inputs) for name, model in models.items()}
     factors = {name: pm.spectral_factor_bytes(model) for name, model in models.items()}
 
@@ -159,17 +185,20 @@ def main() -> None:
         "SVD factors excluded: they are resident anyway; the factors have their own column)",
         "- set-up: CPU time of applying the method; the first SVDiff variant decomposes the weights, the later ones "
         "find the same weights' factors in the shared index",
+        "- inference: one forward under `torch.no_grad`, adapters unmerged, after a warm-up forward; median of "
+        f"{args.repetitions} interleaved repetitions",
         "",
         "| variant | step s | vs frozen | vs full | vs LoRA r=4 | saved for backward MiB | vs full | SVD factors MiB "
-        "| set-up s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| set-up s | inference s | vs frozen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in models:
         lines.append(
             f"| {name} | {median[name]:.3f} | {median[name] / median['frozen']:.2f} "
             f"| {median[name] / median['full fine-tuning']:.2f} | {median[name] / median['LoRA r=4']:.2f} "
             f"| {memory[name] / 2**20:.1f} | {memory[name] / memory['full fine-tuning']:.2f} "
-            f"| {factors[name] / 2**20:.1f} | {setup[name]:.1f} |"
+            f"| {factors[name] / 2**20:.1f} | {setup[name]:.1f} | {inference_median[name]:.3f} "
+            f"| {inference_median[name] / inference_median['frozen']:.2f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -36,10 +36,24 @@ class SVDiffLayer(MaskedTunerLayer):
     replaced or written in place after the decomposition; another adapter was merged into it) the route runs the base
     layer and adds the change through autograd instead (a step costs ``2 tokens x (out x in + k x (in + out))``),
     which is exact with whatever weight the layer holds.
+
+    Forwards that need no gradient through the adapted weight (``torch.no_grad``, or neither the active shifts nor the
+    base layer's parameters require one: generation, validation, the search's objectives) keep the adapted weight
+    (``inference_cache``) and run the layer with it, as ``"rebuild"`` would, bit for bit; later such forwards cost
+    what the base layer's do. It costs one extra weight per layer (in the base weight's dtype) while held: it is
+    rebuilt when the active adapters, their shift parameters (their tensor and version counter: an optimizer step or a
+    ``load_state_dict`` moves it), their scales or the base weight change; dropped by `merge`/`unmerge`, ``.to()``,
+    `delete_adapter` and by the next forward that needs gradients; never held under ``torch.compile``. Writes through
+    ``.data`` leave version counters alone and are not seen: set ``inference_cache = False`` (on the class or a
+    layer) to turn it off. The weight is rebuilt in float32 whatever autocast is on, and cast to the base dtype.
     """
 
     adapter_layer_names = ("mc_svdiff_spectral_shift", "mc_svdiff_norm_shift")
     formulation: str = "auto"
+    #: Keep the adapted weight between forwards that need no gradient (see the class docstring).
+    inference_cache: bool = True
+    #: ``(key, weight, bias)``: the adapted parameters and what they were computed from (`_inference_cache_key`).
+    _inference_cache: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
     _spectral: SpectralFactors | None = None
     #: ``(data_ptr, version)`` of the base weight when the factors were computed from it, or ``None``.
     _decomposed_weight_state: tuple[int, int] | None = None
@@ -66,6 +80,7 @@ class SVDiffLayer(MaskedTunerLayer):
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
         # `.to()`, `.cuda()` and `.half()` reach modules through `_apply`; the factors follow the device only.
         matched = self._factors_match_weight()
+        self._inference_cache = None
         super()._apply(fn, recurse)
         if self._spectral is not None:
             self._spectral = self._spectral.to(self.get_base_layer().weight.device)
@@ -93,11 +108,17 @@ class SVDiffLayer(MaskedTunerLayer):
         requested = self.active_adapters if adapter_names is None else adapter_names
         if any(name not in self.mc_components for name in requested):
             self._weight_changed = True
+        self._inference_cache = None
         super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def unmerge(self) -> None:
+        self._inference_cache = None  # the base weight is written through ``.data``, which its version does not show
+        super().unmerge()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         if any(key.startswith(prefix + "base_layer.") for key in state_dict):
             self._weight_changed = True
+        self._inference_cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def create_components(self, adapter_name: str, config: MaskedTunerConfig, components: frozenset) -> None:
@@ -115,20 +136,66 @@ class SVDiffLayer(MaskedTunerLayer):
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
+        self._inference_cache = None
         if not self.mc_components:
             self._spectral = None
             self._decomposed_weight_state, self._weight_changed = None, False
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters or self.merged or self.is_norm:
+        if self.disable_adapters or self.merged:
             return super().forward(x, *args, **kwargs)
         active = [name for name in self.active_adapters if name in self.mc_components]
-        if not active or not self._takes_factorized_route(x):
+        if active and not torch.compiler.is_compiling():
+            if self._inference_cache_applies(active):
+                return self._base_operation(x, *self._cached_parameters(active))
+            self._inference_cache = None  # a forward that needs gradients: free the extra weight
+        if self.is_norm or not active or not self._takes_factorized_route(x):
             return super().forward(x, *args, **kwargs)
         if self._spectral_route_applies():
             return self._spectral_forward(x, active)
         output = self.base_layer(x, *args, **kwargs)
         return output + self._factorized_change(x, active).to(output.dtype)
+
+    @property
+    def _shift_container(self) -> nn.ParameterDict:
+        return self.mc_svdiff_norm_shift if self.is_norm else self.mc_svdiff_spectral_shift
+
+    def _inference_cache_applies(self, active: list[str]) -> bool:
+        """Whether this forward may run with the cached adapted weight: the cache is on and no gradient flows
+        through the weight (gradients to the input need none)."""
+        if not self.inference_cache:
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        trained = [self._shift_container[name] for name in active] + list(self.get_base_layer().parameters())
+        return not any(parameter.requires_grad for parameter in trained)
+
+    def _inference_cache_key(self, active: list[str]) -> tuple:
+        """What the adapted parameters are computed from, as cheap values: the active adapters in order, each one's
+        shift tensor, version counter and scale, and the base weight's and bias's tensor, version, dtype and
+        device."""
+        shifts = tuple(
+            (name, self._shift_container[name].data_ptr(), self._shift_container[name]._version, self.mc_scale[name])
+            for name in active
+        )
+        base = self.get_base_layer()
+        parameters = tuple(
+            None
+            if parameter is None
+            else (parameter.data_ptr(), parameter._version, parameter.dtype, parameter.device)
+            for parameter in (base.weight, base.bias)
+        )
+        return shifts, parameters
+
+    def _cached_parameters(self, active: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The adapted ``(weight, bias)`` of ``active``, computed as the ``"rebuild"`` route does and kept until what
+        they were computed from changes."""
+        key = self._inference_cache_key(active)
+        if self._inference_cache is None or self._inference_cache[0] != key:
+            with torch.no_grad():
+                weight, bias = self.adapted_parameters(active)
+            self._inference_cache = (key, weight, bias)
+        return self._inference_cache[1], self._inference_cache[2]
 
     def _spectral_route_applies(self) -> bool:
         """Whether `SpectralLinear`/`SpectralConv2d` compute this layer exactly with every gradient it needs: the
@@ -204,9 +271,11 @@ class SVDiffLayer(MaskedTunerLayer):
     def apply_adapter(
         self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        container = self.mc_svdiff_norm_shift if self.is_norm else self.mc_svdiff_spectral_shift
         u, s, vh = self.spectral_factors
-        delta = (u * self._singular_value_change(container, adapter_name, s, scale)) @ vh
+        # in float32, like the factors: under bf16/fp16 autocast too, and with shifts cast to float64 by ``.to()``
+        change = self._singular_value_change(self._shift_container, adapter_name, s, scale).float()
+        with torch.autocast(u.device.type, enabled=False):
+            delta = (u * change) @ vh
         return weight + delta.reshape(weight.shape), bias
 
 
