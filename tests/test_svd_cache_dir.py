@@ -110,3 +110,18 @@ def test_search_candidates_read_the_cache_written_by_the_first(tmp_path, decompo
     decompositions.clear()
     loop(second)
     assert decompositions == []
+
+
+def test_the_check_of_cached_factors_refuses_what_does_not_decompose_the_weight():
+    weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(0))
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    svd._check_decomposition(weight, u, s, vh)  # the true factors pass
+
+    other = weight.clone()
+    other[3, 5] += 0.05 * weight.abs().max()  # one entry of another weight
+    with pytest.raises(ValueError, match="do not rebuild the weight"):
+        svd._check_decomposition(other, u, s, vh)
+    with pytest.raises(ValueError, match="not orthonormal"):  # rebuilds the weight, but U is not orthonormal
+        svd._check_decomposition(weight, 2 * u, s / 2, vh)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        svd._check_decomposition(weight, u, s * 2, vh / 2)
