@@ -61,7 +61,7 @@ def test_quick_demo_writes_a_parsable_report(tmp_path, capsys):
     out = tmp_path / "demo"
     # the quick preset, made smaller still: this test checks the report, not the numbers (README times the preset)
     smaller = ["--max_train_steps", "10", "--search_train_steps", "3", "--num_inference_steps", "4"]
-    smaller += ["--num_generations", "2"]
+    smaller += ["--num_generations", "2", "--fidelity_front", "0", "--fidelity_other", "0"]  # the knee only
     assert main(["demo", "--quick", "--device", "cpu", "--no_progress", *smaller, "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| method |" in printed and "Report in" in printed
@@ -95,6 +95,8 @@ def test_quick_demo_writes_a_parsable_report(tmp_path, capsys):
     )
     assert "## Does the search's inner loop rank masks like the full fine-tune?" in table
     assert summary["fidelity"]["candidates"][0]["role"] == "knee" and summary["calibration"]
+    assert len(summary["fidelity"]["candidates"]) == 1 and summary["config"]["fidelity_front"] == 0
+    assert "No rank correlation: 1 fully fine-tuned mask(s)" in table  # no correlation of one mask, and no crash
 
 
 def test_extra_held_out_digits_leave_the_training_set_unchanged(tmp_path):

@@ -432,11 +432,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         help="Full fine-tuning vs PEFT vs mitigations vs a searched mask, offline, with a report.",
         description="Fine-tune the embedded tiny pipeline on handwritten digits with a duplicated subset with every "
         "baseline and a searched MemControl mask, score memorization and quality, transfer the mask to faces, and "
-        "write a report (results.md/.csv, transfer.md/.csv, nearest.png, search/front.png). Default: about 15 "
-        "minutes on a 2-core CPU; --quick: about 4.",
+        "write a report (results.md/.csv, transfer.md/.csv, nearest.png, search/front.png). Default: about 16-18 "
+        "minutes on a 2-core CPU; --quick: about 3-4.",
     )
     parser.add_argument("--output_dir", default="memcontrol-demo", help="Report folder.")
-    parser.add_argument("--quick", action="store_true", help="The small preset (about 4 minutes on a CPU).")
+    parser.add_argument("--quick", action="store_true", help="The small preset (about 3-4 minutes on a CPU).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="Default: cuda when available.")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None)
@@ -454,6 +454,19 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--population_size", type=int, default=None, help="NSGA-II population.")
     parser.add_argument("--generations", type=int, default=None, help="NSGA-II generations after the first.")
     parser.add_argument("--search_train_steps", type=int, default=None, help="Inner-loop steps per candidate.")
+    parser.add_argument(
+        "--fidelity_front",
+        type=int,
+        default=None,
+        help="Front masks (extremes first, then the knee) fully fine-tuned, beside the knee's row, to check the inner "
+        "loop's ranking (default 3; quick: 2; 0 and --fidelity_other 0: the knee's row only, no correlation).",
+    )
+    parser.add_argument(
+        "--fidelity_other",
+        type=int,
+        default=None,
+        help="Masks off the front fully fine-tuned for the same check (default 2; quick: 1).",
+    )
     parser.add_argument("--num_workers", type=int, default=None, help="Parallel processes (default 2; 1: none).")
     parser.add_argument("--no_progress", action="store_true")
     parser.set_defaults(handler=Handler("demo", "run_demo"))

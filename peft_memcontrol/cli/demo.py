@@ -28,6 +28,8 @@ def run_demo(args: argparse.Namespace) -> int:
             "population_size",
             "generations",
             "search_train_steps",
+            "fidelity_front",
+            "fidelity_other",
             "num_workers",
         )
     }

@@ -48,6 +48,7 @@ from ..search import (
     measure_proxy_fidelity,
     select_fidelity_candidates,
 )
+from ..search.fidelity_check import MIN_CANDIDATES
 from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from ..search.report import draw_plots, write_search_outputs
@@ -246,7 +247,16 @@ def fidelity_spec(result: Any, choice: FidelityCandidate) -> MethodSpec:
 
 def fidelity_report(fidelity_rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The proxy-fidelity measurement of the demo's search: its sample's inner-loop and full scores, and per
-    objective the rank correlation with the full counterpart (`measure_proxy_fidelity`), as markdown and data."""
+    objective the rank correlation with the full counterpart (`measure_proxy_fidelity`), as markdown and data; with
+    fewer than `MIN_CANDIDATES` masks (``--fidelity_front 0 --fidelity_other 0``: the knee only) a line saying why there
+    is no correlation."""
+    if len(fidelity_rows) < MIN_CANDIDATES:
+        return {
+            "candidates": fidelity_rows,
+            "markdown": f"No rank correlation: {len(fidelity_rows)} fully fine-tuned mask(s), and a rank correlation "
+            f"needs at least {MIN_CANDIDATES} (raise --fidelity_front / --fidelity_other).",
+            "verdicts": {},
+        }
     measured = measure_proxy_fidelity([row["proxy"] for row in fidelity_rows], [row["full"] for row in fidelity_rows])
     return {
         "candidates": fidelity_rows,
