@@ -6,6 +6,12 @@ an earlier one's gets the same `SpectralFactors`. The key is a SHA-256 of the we
 place (a merge writes through ``.data`` and leaves ``tensor._version`` alone) can never be matched to the
 decomposition of what it held before.
 
+The factors are computed in float32 (from float64 Gram matrices for large weights). ``U`` and ``Vh`` may be stored in
+float16 or bfloat16 (``s`` stays float32): their rounding then reaches an adapted weight only through the change
+``U diag(change) Vh``, so it scales with the shifts (``benchmarks/results/factor_dtype.md``: about 3e-4 of the change
+in float16, 2.3e-3 in bfloat16, well below what rounding the adapted weight to that dtype costs at realistic shifts).
+Factors stored in different dtypes are distinct entries, in memory and on disk.
+
 Each SVDiff layer holds its factors itself (they describe the weight the adapter was created on, move with the
 layer's ``.to()`` and are freed with the layer). The shared index here only holds them weakly; a search that wraps one
 base model with many candidates keeps them alive between candidates with a `SpectralFactorPool`.
@@ -29,7 +35,10 @@ from safetensors.torch import save_file
 
 @dataclass(frozen=True, eq=False)
 class SpectralFactors:
-    """The reduced SVD ``(U, s, Vh)`` of one weight matrix, float32; unpacks as ``u, s, vh = factors``."""
+    """The reduced SVD ``(U, s, Vh)`` of one weight matrix; unpacks as ``u, s, vh = factors``.
+
+    ``s`` is float32; ``U`` and ``Vh`` are float32 or the half-precision dtype they were requested in (users upcast
+    them to float32 to compute with them)."""
 
     u: torch.Tensor
     s: torch.Tensor
@@ -47,8 +56,14 @@ class SpectralFactors:
         """Bytes the three factors occupy."""
         return sum(factor.numel() * factor.element_size() for factor in self)
 
+    def stored_in(self, dtype: torch.dtype) -> SpectralFactors:
+        """These factors with ``U`` and ``Vh`` rounded to ``dtype`` (``s`` kept); themselves where nothing changes."""
+        if self.u.dtype == dtype and self.vh.dtype == dtype:
+            return self
+        return SpectralFactors(self.u.to(dtype), self.s, self.vh.to(dtype))
+
     def to(self, device: torch.device | str) -> SpectralFactors:
-        """The same factors on ``device`` (float32 kept: they are never cast to a model's half precision)."""
+        """The same factors on ``device``, in the same dtypes (never cast to a model's precision)."""
         if torch.device(device) == self.device:
             return self
         return SpectralFactors(*(factor.to(device) for factor in self))
@@ -120,22 +135,38 @@ def weight_key(weight: torch.Tensor, as_row: bool = False) -> str:
     return f"{digest}:{tuple(weight.shape)}:{weight.dtype}:{'row' if as_row else 'matrix'}"
 
 
-def spectral_factors(weight: torch.Tensor, as_row: bool = False) -> SpectralFactors:
-    """The reduced SVD of `weight_matrix(weight)` in float32, on the weight's device; shared with every earlier
-    request for a weight of the same content."""
-    key = weight_key(weight, as_row)
+FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""The dtypes ``U`` and ``Vh`` can be stored in."""
+
+
+def spectral_factors(
+    weight: torch.Tensor, as_row: bool = False, dtype: torch.dtype = torch.float32
+) -> SpectralFactors:
+    """The reduced SVD of `weight_matrix(weight)`, computed in float32, with ``U`` and ``Vh`` stored in ``dtype``
+    (one of `FACTOR_DTYPES`; ``s`` stays float32), on the weight's device; shared with every earlier request for a
+    weight of the same content and the same ``dtype``."""
+    if dtype not in FACTOR_DTYPES:
+        raise ValueError(f"SVD factors can be stored in {', '.join(map(str, FACTOR_DTYPES))}, not {dtype}.")
+    key = _factor_key(weight_key(weight, as_row), dtype)
     factors = _INDEX.get(key)
     cache_dirs = [pool.cache_dir for pool in _ACTIVE_POOLS if pool.cache_dir is not None]
     if factors is None:
-        factors = next(filter(None, (_read_factors(folder, key, weight, as_row) for folder in cache_dirs)), None)
+        read = (_read_factors(folder, key, weight, as_row, dtype) for folder in cache_dirs)
+        factors = next(filter(None, read), None)
     if factors is None:
-        factors = _decompose(weight, as_row)
+        factors = _decompose(weight, as_row).stored_in(dtype)
     _INDEX[key] = factors
     for folder in cache_dirs:
         _write_factors(folder, key, factors)
     for pool in _ACTIVE_POOLS:
         pool._hold(key, factors)
     return factors.to(weight.device)
+
+
+def _factor_key(key: str, dtype: torch.dtype) -> str:
+    """The key of the factors of the weight with `weight_key` ``key``, stored in ``dtype`` (float32 factors keep the
+    weight's key, so that existing cache folders stay valid)."""
+    return key if dtype == torch.float32 else f"{key}:factors {dtype}"
 
 
 def _decompose(weight: torch.Tensor, as_row: bool) -> SpectralFactors:
@@ -151,23 +182,26 @@ def _cache_path(folder: str, key: str) -> str:
     return os.path.join(folder, hashlib.sha256(key.encode()).hexdigest() + ".safetensors")
 
 
-def _read_factors(folder: str, key: str, weight: torch.Tensor, as_row: bool) -> SpectralFactors | None:
+def _read_factors(
+    folder: str, key: str, weight: torch.Tensor, as_row: bool, dtype: torch.dtype
+) -> SpectralFactors | None:
     """The factors cached for ``key`` in ``folder``, or ``None`` (no file, or one that is unreadable, written for
-    another key, or of the wrong shapes: then with a warning, and the caller recomputes and rewrites it)."""
+    another key, or of the wrong shapes or dtypes: then with a warning, and the caller recomputes and rewrites it)."""
     path = _cache_path(folder, key)
     if not os.path.exists(path):
         return None
     rows, columns = weight_matrix(weight, as_row).shape
     rank = min(rows, columns)
-    expected = {"u": (rows, rank), "s": (rank,), "vh": (rank, columns)}
+    expected = {"u": ((rows, rank), dtype), "s": ((rank,), torch.float32), "vh": ((rank, columns), dtype)}
     try:
         with safe_open(path, framework="pt") as handle:
             if (handle.metadata() or {}).get("key") != key:
                 raise ValueError("it was written for another weight")
             tensors = {name: handle.get_tensor(name) for name in expected}
-        for name, shape in expected.items():
-            if tuple(tensors[name].shape) != shape or tensors[name].dtype != torch.float32:
-                raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+        for name, (shape, stored) in expected.items():
+            if tuple(tensors[name].shape) != shape or tensors[name].dtype != stored:
+                found = f"{tuple(tensors[name].shape)} {tensors[name].dtype}"
+                raise ValueError(f"{name} is {found}, expected {shape} {stored}")
             if not torch.isfinite(tensors[name]).all():
                 raise ValueError(f"{name} holds NaN or inf")
         _check_decomposition(weight_matrix(weight.detach(), as_row).float().cpu(), *tensors.values())
@@ -183,18 +217,22 @@ CHECK_PROBES = 8
 
 
 def _check_decomposition(matrix: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> None:
-    """Refuse factors that do not decompose ``matrix``, to float32 SVD accuracy: on `CHECK_PROBES` random vectors
-    ``x`` and ``y`` (a seeded Freivalds check), ``U diag(s) Vh x`` must equal ``matrix x`` within 1e-4 of its norm, and
-    ``U``, ``Vh`` must be orthonormal (``U^T U y = y`` and ``Vh Vh^T y = y`` within 1e-3). Matrix-vector products only:
-    forming ``U diag(s) Vh`` and the Gram matrices costs ``size x rank`` per weight, which made loading the cached
-    factors of SD-1.5 take a minute; factors wrong anywhere change these products (with probability one)."""
+    """Refuse factors that do not decompose ``matrix``, to the accuracy of a float32 SVD stored in the factors' dtype:
+    on `CHECK_PROBES` random vectors ``x`` and ``y`` (a seeded Freivalds check), ``U diag(s) Vh x`` must equal
+    ``matrix x`` within 1e-4 of its norm, and ``U``, ``Vh`` must be orthonormal (``U^T U y = y`` and ``Vh Vh^T y = y``
+    within 1e-3); half-precision factors within 4 units of their rounding instead (3.9e-3 in float16, 3.1e-2 in
+    bfloat16; measured errors are about 13x smaller). Matrix-vector products only: forming ``U diag(s) Vh`` and the
+    Gram matrices costs ``size x rank`` per weight, which made loading the cached factors of SD-1.5 take a minute;
+    factors wrong anywhere change these products (with probability one)."""
+    rounding = 4 * torch.finfo(u.dtype).eps
+    u, vh = u.float(), vh.float()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(matrix.shape[1], CHECK_PROBES, generator=generator)
     expected = matrix @ x
-    if (u @ (s[:, None] * (vh @ x)) - expected).norm() > 1e-4 * expected.norm():
+    if (u @ (s[:, None] * (vh @ x)) - expected).norm() > max(1e-4, rounding) * expected.norm():
         raise ValueError("its factors do not rebuild the weight")
     y = torch.randn(s.shape[0], CHECK_PROBES, generator=generator)
-    limit = 1e-3 * y.norm()
+    limit = max(1e-3, rounding) * y.norm()
     if (u.T @ (u @ y) - y).norm() > limit or (vh @ (vh.T @ y) - y).norm() > limit:
         raise ValueError("its singular vectors are not orthonormal")
 

@@ -10,7 +10,12 @@ backward is the projected input ``Vh x`` (rank x tokens), besides the resident w
 rank values.
 
 The functions assume that the factors describe ``weight`` (the caller checks it) and that nothing but ``x`` and
-``change`` needs a gradient. They compute in the dtype of their inputs; the caller passes float32.
+``change`` needs a gradient. They compute in the dtype of ``x``; the caller passes float32. The weight and ``U``,
+``Vh`` may be stored in half precision (a half-precision base, `SVDiffLayer.factor_dtype`): they are upcast for each
+product, and only the stored tensors are kept for backward, so that a step holds no float32 copy of them. Rounded
+factors no longer rebuild the weight to the computation's precision (3e-4 of it in float16), so the gradient of
+``x`` then takes ``W^T g`` from the weight itself and only the change's term from the factors: the error stays
+proportional to the change (one more product in the backward).
 """
 
 from __future__ import annotations
@@ -34,17 +39,21 @@ class SpectralLinear(torch.autograd.Function):
         change: torch.Tensor,
         vh: torch.Tensor,
     ) -> torch.Tensor:
-        projected = F.linear(x, vh)
-        ctx.save_for_backward(projected, u, s + change, vh)
-        return F.linear(x, weight, bias) + F.linear(projected * change, u)
+        projected = F.linear(x, vh.to(x.dtype))
+        ctx.save_for_backward(projected, weight, u, s, change, vh)
+        return F.linear(x, weight.to(x.dtype), bias) + F.linear(projected * change, u.to(x.dtype))
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        projected, u, sigma, vh = ctx.saved_tensors
+        projected, weight, u, s, change, vh = ctx.saved_tensors
         with torch.autocast(grad.device.type, enabled=False):
-            back = F.linear(grad, u.T)
-            grad_change = (back * projected).reshape(-1, sigma.shape[0]).sum(0) if ctx.needs_input_grad[5] else None
-            grad_x = F.linear(back * sigma, vh.T) if ctx.needs_input_grad[0] else None
+            back = F.linear(grad, u.to(grad.dtype).T)
+            grad_change = (back * projected).reshape(-1, s.shape[0]).sum(0) if ctx.needs_input_grad[5] else None
+            grad_x = None
+            if ctx.needs_input_grad[0] and u.dtype == grad.dtype:
+                grad_x = F.linear(back * (s + change), vh.T)
+            elif ctx.needs_input_grad[0]:
+                grad_x = F.linear(grad, weight.to(grad.dtype).T) + F.linear(back * change, vh.to(grad.dtype).T)
         return grad_x, None, None, None, None, grad_change, None
 
 
@@ -66,22 +75,28 @@ class SpectralConv2d(torch.autograd.Function):
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> torch.Tensor:
-        projected = F.conv2d(x, vh_kernel, None, stride, padding, dilation)
-        ctx.save_for_backward(projected, u, s + change, vh_kernel)
+        projected = F.conv2d(x, vh_kernel.to(x.dtype), None, stride, padding, dilation)
+        ctx.save_for_backward(projected, weight, u, s, change, vh_kernel)
         ctx.geometry = (x.shape, stride, padding, dilation)
-        base = F.conv2d(x, weight, bias, stride, padding, dilation)
-        return base + F.conv2d(projected * change[:, None, None], u[:, :, None, None])
+        base = F.conv2d(x, weight.to(x.dtype), bias, stride, padding, dilation)
+        return base + F.conv2d(projected * change[:, None, None], u.to(x.dtype)[:, :, None, None])
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        projected, u, sigma, vh_kernel = ctx.saved_tensors
+        projected, weight, u, s, change, vh_kernel = ctx.saved_tensors
         input_shape, stride, padding, dilation = ctx.geometry
         with torch.autocast(grad.device.type, enabled=False):
-            back = F.conv2d(grad, u.T[:, :, None, None])
+            back = F.conv2d(grad, u.to(grad.dtype).T[:, :, None, None])
             grad_change = (back * projected).sum((0, 2, 3)) if ctx.needs_input_grad[5] else None
             grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.nn.grad.conv2d_input(
-                    input_shape, vh_kernel, back * sigma[:, None, None], stride, padding, dilation
+            if ctx.needs_input_grad[0] and u.dtype == grad.dtype:
+                sigma = (s + change)[:, None, None]
+                grad_x = torch.nn.grad.conv2d_input(input_shape, vh_kernel, back * sigma, stride, padding, dilation)
+            elif ctx.needs_input_grad[0]:
+                geometry = (stride, padding, dilation)
+                frozen = torch.nn.grad.conv2d_input(input_shape, weight.to(grad.dtype), grad, *geometry)
+                change_term = back * change[:, None, None]
+                grad_x = frozen + torch.nn.grad.conv2d_input(
+                    input_shape, vh_kernel.to(grad.dtype), change_term, *geometry
                 )
         return grad_x, None, None, None, None, grad_change, None, None, None, None

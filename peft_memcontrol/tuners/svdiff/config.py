@@ -13,7 +13,8 @@ class SVDiffConfig(MaskedTunerConfig):
     trainable shift ``d``, one value per singular value: ``W' = U diag(relu(s + d)) V^T``. With ``train_norms`` every
     ``GroupNorm``/``LayerNorm`` scale, seen as a ``1 x C`` matrix, gets one scalar shift, trained at
     ``norm_learning_rate`` as in the reference code (`adapter_param_groups` builds the optimizer groups). The SVD
-    is computed once, in float32, and never saved.
+    is computed once, in float32, and never saved; its singular vectors are stored in float32, or in the base weight's
+    half precision for float16/bfloat16 bases (`SVDiffLayer.factor_dtype`: a runtime choice, not part of the config).
 
     Args:
         train_norms: also shift the norm layers' scales.

@@ -18,8 +18,21 @@ class SVDiffLayer(MaskedTunerLayer):
 
     The layer owns the SVD of the weight it was created on (`spectral_factors`): every adapter on it shifts those
     singular values, whatever is merged into the base weight later, so that its change composes with other merges
-    like a LoRA's does. The factors stay float32 and follow the layer's device through ``.to()``; they are not part of
+    like a LoRA's does. The factors follow the layer's device through ``.to()`` (never its dtype); they are not part of
     the state dict (they are recomputed from the base weight on loading) and are freed with the layer.
+
+    ``factor_dtype`` picks the dtype ``U`` and ``Vh`` are stored in when the weight is decomposed (``s`` stays
+    float32; every route upcasts them to the dtype it computes in, float32 but for the autograd fallback): ``"auto"``
+    (the default) stores them in the base weight's dtype where that is float16 or bfloat16 and in float32 otherwise;
+    ``"float32"``, ``"float16"`` or ``"bfloat16"`` force one. Half-precision factors halve their memory; their rounding
+    reaches the output only through the change, about 3e-4 (float16) or 2.3e-3 (bfloat16) of ``U diag(change) Vh``
+    (``benchmarks/results/factor_dtype.md``, SD-1.5 shapes): at shifts of 0.1 s the adapted weight is off by 3e-5 or
+    2.4e-4 of its norm, 7x under the 2e-4 or 1.6e-3 that rounding it to the base's own dtype costs. Rounded factors no
+    longer rebuild ``W`` to float32 precision, so the factorized route's backward then takes ``W^T g`` from the weight
+    (one more ``tokens x out x in`` product per step, which ``"auto"`` counts). It is a class attribute, not a config
+    field, because the factors are never saved: an adapter loaded onto a float32 base gets float32 factors, the same
+    adapter on a float16 base float16 ones. Set it before the adapter is created or loaded: factors already
+    decomposed keep their dtype.
 
     The change ``U diag(relu(s + d) - s) Vh`` reaches the output by one of two exact routes (``formulation``):
     ``"rebuild"`` forms the adapted weight and runs the layer (a training step costs ``2 out x in x k`` to form and
@@ -27,7 +40,8 @@ class SVDiffLayer(MaskedTunerLayer):
     frozen layer and adds ``((x Vh^T) * change) U^T`` through `SpectralLinear` / `SpectralConv2d`, whose backward keeps
     only ``x Vh^T`` and skips the frozen weight (a step costs ``tokens x (out x in + 2 k x (in + out))``). ``"auto"``
     (the default) takes the cheaper one for each call from the layer's shape and the number of tokens (forward costs
-    alone under ``torch.no_grad``): the factorized route where tokens are few (low-resolution blocks, cross-attention K/V, the time embedding), rebuilding where they are many.
+    alone under ``torch.no_grad``): the factorized route where tokens are few (low-resolution blocks, cross-attention
+    K/V, the time embedding), rebuilding where they are many.
     Both give the same outputs and gradients to float32 rounding; the factorized one computes in float32 whatever the
     input's dtype or autocast, and returns the dtype the base layer would.
 
@@ -50,6 +64,8 @@ class SVDiffLayer(MaskedTunerLayer):
 
     adapter_layer_names = ("mc_svdiff_spectral_shift", "mc_svdiff_norm_shift")
     formulation: str = "auto"
+    #: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``: how ``U`` and ``Vh`` are stored (class docstring).
+    factor_dtype: str = "auto"
     #: Keep the adapted weight between forwards that need no gradient (see the class docstring).
     inference_cache: bool = True
     #: ``(key, weight, bias)``: the adapted parameters and what they were computed from (`_inference_cache_key`).
@@ -67,15 +83,26 @@ class SVDiffLayer(MaskedTunerLayer):
 
     @property
     def spectral_factors(self) -> SpectralFactors:
-        """``(U, s, Vh)`` of the base weight this layer was created on, float32, on the base weight's device."""
+        """``(U, s, Vh)`` of the base weight this layer was created on, on the base weight's device; ``U`` and ``Vh``
+        in the dtype ``factor_dtype`` picks, ``s`` in float32."""
         device = self.get_base_layer().weight.device
         if self._spectral is None:
             weight = self._originals[0] if self._originals is not None else self.get_base_layer().weight
-            self._spectral = spectral_factors(weight, as_row=self.is_norm)
+            self._spectral = spectral_factors(weight, as_row=self.is_norm, dtype=self._factor_storage_dtype(weight))
             self._decomposed_weight_state = self._weight_state()
         elif self._spectral.device != device:
             self._spectral = self._spectral.to(device)
         return self._spectral
+
+    def _factor_storage_dtype(self, weight: torch.Tensor) -> torch.dtype:
+        """The dtype ``factor_dtype`` stores ``U`` and ``Vh`` of ``weight`` in."""
+        if self.factor_dtype == "auto":
+            return weight.dtype if weight.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        if self.factor_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(
+                f"Unknown SVDiff factor_dtype {self.factor_dtype!r}; use 'auto', 'float32', 'float16' or 'bfloat16'."
+            )
+        return getattr(torch, self.factor_dtype)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
         # `.to()`, `.cuda()` and `.half()` reach modules through `_apply`; the factors follow the device only.
@@ -149,9 +176,12 @@ class SVDiffLayer(MaskedTunerLayer):
             if self._inference_cache_applies(active):
                 return self._base_operation(x, *self._cached_parameters(active))
             self._inference_cache = None  # a forward that needs gradients: free the extra weight
-        if self.is_norm or not active or not self._takes_factorized_route(x):
+        if self.is_norm or not active:
             return super().forward(x, *args, **kwargs)
-        if self._spectral_route_applies():
+        spectral_route = self._spectral_route_applies()
+        if not self._takes_factorized_route(x, spectral_route):
+            return super().forward(x, *args, **kwargs)
+        if spectral_route:
             return self._spectral_forward(x, active)
         output = self.base_layer(x, *args, **kwargs)
         return output + self._factorized_change(x, active).to(output.dtype)
@@ -210,7 +240,8 @@ class SVDiffLayer(MaskedTunerLayer):
         base = self.get_base_layer()
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        weight, bias = base.weight.float(), None if base.bias is None else base.bias.float()
+        # the weight as stored: the functions upcast it per product rather than keep a float32 copy for backward
+        weight, bias = base.weight, None if base.bias is None else base.bias.float()
         with torch.autocast(device, enabled=False):
             if isinstance(base, nn.Linear):
                 output = SpectralLinear.apply(x.float(), weight, bias, u, s, change, vh)
@@ -220,9 +251,10 @@ class SVDiffLayer(MaskedTunerLayer):
                 output = SpectralConv2d.apply(x.float(), weight, bias, u, s, change, kernel, *geometry)
         return output.to(dtype)
 
-    def _takes_factorized_route(self, x: torch.Tensor) -> bool:
+    def _takes_factorized_route(self, x: torch.Tensor, spectral_route: bool | None = None) -> bool:
         """Whether ``formulation`` (or, for ``"auto"``, the costs in the class docstring) picks the factorized route
-        for input ``x``. Grouped or non-zero-padded convolutions always rebuild."""
+        for input ``x``; ``spectral_route`` is `_spectral_route_applies` (found here when not given). Grouped or
+        non-zero-padded convolutions always rebuild."""
         if self.formulation not in ("auto", "rebuild", "factorized"):
             raise ValueError(
                 f"Unknown SVDiff formulation {self.formulation!r}; use 'auto', 'rebuild' or 'factorized'."
@@ -239,8 +271,11 @@ class SVDiffLayer(MaskedTunerLayer):
         else:
             tokens = x.shape[0] * x.shape[-2] * x.shape[-1] // (base.stride[0] * base.stride[1])
         passes = 2 if torch.is_grad_enabled() else 1  # forward, and backward to the inputs and the shifts
-        # the frozen layer runs in the forward; the backward skips it with `SpectralLinear`, not through autograd
-        frozen_layer = 1 if self._spectral_route_applies() else passes
+        # the frozen layer runs in the forward; the backward skips it with `SpectralLinear`, not through autograd,
+        # unless the factors are rounded to half precision (then they no longer stand for the weight there)
+        if spectral_route is None:
+            spectral_route = self._spectral_route_applies()
+        frozen_layer = 1 if spectral_route and self._spectral.u.dtype == torch.float32 else passes
         factorized = passes * tokens * rank * (rows + columns) + frozen_layer * tokens * rows * columns
         rebuild = passes * rows * columns * rank + (2 * passes - 1) * tokens * rows * columns
         return factorized < rebuild
@@ -272,18 +307,20 @@ class SVDiffLayer(MaskedTunerLayer):
         self, adapter_name: str, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         u, s, vh = self.spectral_factors
-        # in float32, like the factors: under bf16/fp16 autocast too, and with shifts cast to float64 by ``.to()``
+        # in float32, whatever the factors are stored in: under bf16/fp16 autocast too, and with shifts cast to float64
+        # by ``.to()``
         change = self._singular_value_change(self._shift_container, adapter_name, s, scale).float()
         with torch.autocast(u.device.type, enabled=False):
-            delta = (u * change) @ vh
+            delta = (u.float() * change) @ vh.float()
         return weight + delta.reshape(weight.shape), bias
 
 
 def spectral_factor_bytes(model: nn.Module) -> int:
     """Bytes of the SVD factors the SVDiff layers of ``model`` hold (each distinct set counted once).
 
-    They are not parameters or buffers (never saved, never cast to half precision), so ``state_dict`` and parameter
-    counts do not show them; on SD-1.5 they are larger than the UNet's float16 weights.
+    They are not parameters or buffers (never saved, never cast with the model), so ``state_dict`` and parameter
+    counts do not show them; counted in the dtypes they are stored in (`SVDiffLayer.factor_dtype`). On SD-1.5 float32
+    factors are larger than the UNet's float16 weights.
     """
     held = {
         id(module._spectral): module._spectral
