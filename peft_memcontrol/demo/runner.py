@@ -19,7 +19,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -159,20 +159,27 @@ def train_and_score(
     return ScoredRun(row, scores.prompt_records, scores.calibration.to_dict())
 
 
-def _run_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[ScoredRun]:
-    """Run ``train_and_score`` jobs, in the pool if any, in order of submission; advance ``progress`` per job."""
-    if pool is None:
-        results = []
-        for job in jobs:
-            progress.set_postfix_str(job[0].name)
-            results.append(train_and_score(*job))
-            _announce(results[-1].row, progress)
-        return results
-    futures = [pool.submit(train_and_score, *job) for job in jobs]
+def _start_jobs(pool: Any, jobs: list[tuple], progress: Any) -> list[Future | ScoredRun]:
+    """Start ``train_and_score`` jobs: submitted to the pool if any (they run while the caller goes on, queued behind
+    jobs started before), else run here one after the other. `_job_results` gives their results."""
+    if pool is not None:
+        return [pool.submit(train_and_score, *job) for job in jobs]
     results = []
-    for future in futures:
-        results.append(future.result())
+    for job in jobs:
+        progress.set_postfix_str(job[0].name)
+        results.append(train_and_score(*job))
         _announce(results[-1].row, progress)
+    return results
+
+
+def _job_results(started: list[Future | ScoredRun], progress: Any) -> list[ScoredRun]:
+    """The results of `_start_jobs`, in order of submission, waiting for the pool's (and announcing their rows)."""
+    results = []
+    for job in started:
+        if isinstance(job, Future):
+            job = job.result()
+            _announce(job.row, progress)
+        results.append(job)
     return results
 
 
@@ -304,7 +311,9 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
         jobs = [(spec, main.train_dir, os.path.join(runs, f"{index}"), *main_job) for index, spec in enumerate(specs)]
         # Full fine-tuning on the transfer domain does not wait for the search: it runs with the baselines.
         jobs.append((specs[0], other.train_dir, os.path.join(runs, "transfer-full"), *other_job))
-        *baselines, transfer_full = _run_jobs(pool, jobs, progress)
+        # The search does not wait for the baselines: its workers share the cores with the pool's, so that no core
+        # idles while the last baselines finish (every job is seeded: results do not depend on the overlap).
+        baseline_jobs = _start_jobs(pool, jobs, progress)
 
         progress.set_postfix_str("mask search")
         search_start = time.perf_counter()
@@ -330,7 +339,9 @@ def run_demo(config: DemoConfig | None = None, output_dir: str = "memcontrol-dem
             (fidelity_spec(result, choice), main.train_dir, os.path.join(runs, f"fidelity-{index}"), *main_job)
             for index, choice in enumerate(sample)
         ]
-        searched_main, searched_transfer, *sample_runs = _run_jobs(pool, jobs, progress)
+        later_jobs = _start_jobs(pool, jobs, progress)
+        *baselines, transfer_full = _job_results(baseline_jobs, progress)
+        searched_main, searched_transfer, *sample_runs = _job_results(later_jobs, progress)
     finally:
         if pool is not None:
             pool.shutdown()
