@@ -54,17 +54,27 @@ def test_seeds_report_aggregates_and_counts(tmp_path):
     per_seed = {
         0: [row(FULL, 0.20, 2, 0.20), row("SVDiff (all slots)", 0.10, 0, 0.30), row(SEARCHED, 0.25, 0, 0.25)],
         1: [row(FULL, 0.22, 1, 0.21), row("SVDiff (all slots)", 0.30, 0, 0.20), row(SEARCHED, 0.21, 0, 0.26)],
+        2: [row(FULL, 0.22, 0, 0.21), row("SVDiff (all slots)", 0.30, 0, 0.20), row(SEARCHED, 0.21, 0, 0.26)],
     }
     text = seeds_verdict(per_seed, SEARCHED)
-    assert "memorizes less than full fine-tuning in 2 and is Pareto-dominated" in text and "in 1." in text
+    assert "memorizes less than full fine-tuning in 3 and is Pareto-dominated by another row" in text
+    assert "(KID, extracted, AMD) in 1." in text
+    # a seed where full fine-tuning copies nothing says little about memorization: the verdict says so
+    assert "Full fine-tuning extracted a memorized image in 2 of the 3 seeds: in the others" in text
+    assert "Full fine-tuning extracted a memorized image in 2 of the 2 seeds." in seeds_verdict(
+        {seed: per_seed[seed] for seed in (0, 1)}, SEARCHED
+    )
     paths = write_seeds_report(str(tmp_path), {seed: {"rows": rows} for seed, rows in per_seed.items()}, SEARCHED)
     with open(paths["results.md"]) as handle:
         report = handle.read()
-    kids = [0.25, 0.21]
-    mean = sum(kids) / 2
-    spread = (sum((k - mean) ** 2 for k in kids)) ** 0.5  # n - 1 = 1
+    kids = [0.25, 0.21, 0.21]
+    mean = sum(kids) / 3
+    spread = (sum((k - mean) ** 2 for k in kids) / 2) ** 0.5  # n - 1 = 2
     assert f"| {SEARCHED} | {mean:.4g} ± {spread:.2g} |" in report
-    assert "- seed 0: MemControl (searched mask) dominated by SVDiff (all slots)." in report
-    assert "- seed 1: MemControl (searched mask) not dominated." in report
+    assert (
+        "- seed 0: MemControl (searched mask) dominated by SVDiff (all slots); full fine-tuning extracted 2." in report
+    )
+    assert "- seed 1: MemControl (searched mask) not dominated; full fine-tuning extracted 1." in report
+    assert "- seed 2: MemControl (searched mask) not dominated; full fine-tuning extracted 0." in report
     with open(paths["summary.json"]) as handle:
         assert json.load(handle)["verdict"] == text

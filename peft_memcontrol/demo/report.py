@@ -242,16 +242,21 @@ def seeds_verdict(per_seed: dict[int, list[dict[str, Any]]], searched: str, full
     """The verdict across seeds, in words: in how many seeds the searched mask memorizes less than full fine-tuning
     (extracted, then AMD) and in how many it is Pareto-dominated by another row (`dominated_by`)."""
     count = len(per_seed)
-    less = dominated = 0
+    less = dominated = copying = 0
     for rows in per_seed.values():
         by_name = {row["method"]: row for row in rows}
         mine, base = by_name[searched], by_name[full]
         less += (mine["extracted"], -mine["amd"]) < (base["extracted"], -base["amd"])
         dominated += bool(dominated_by(rows, searched))
+        copying += base["extracted"] > 0
     text = (
         f"Across {count} seeds, {searched} memorizes less than {full} in {less} and is Pareto-dominated by another "
-        f"row (KID, extracted, AMD) in {dominated}."
+        f"row (KID, extracted, AMD) in {dominated}. {full.capitalize()} extracted a memorized image in {copying} of "
+        f"the {count} seeds"
     )
+    if copying < count:
+        text += ": in the others the setting did not make it copy, and memorization is compared by AMD alone there"
+    text += "."
     if dominated == count:
         text += " On this evidence the search does not earn its place here: a baseline is as good on both counts."
     elif dominated == 0 and less == count:
@@ -259,7 +264,9 @@ def seeds_verdict(per_seed: dict[int, list[dict[str, Any]]], searched: str, full
     return text
 
 
-def write_seeds_report(output_dir: str, summaries: dict[int, dict[str, Any]], searched: str) -> dict[str, str]:
+def write_seeds_report(
+    output_dir: str, summaries: dict[int, dict[str, Any]], searched: str, full: str = "full fine-tuning"
+) -> dict[str, str]:
     """``results.md`` and ``summary.json`` of a run over several seeds: per method the mean ± standard deviation of
     each score, per seed whether the searched mask is dominated, and the verdict in words."""
     per_seed = {seed: summary["rows"] for seed, summary in summaries.items()}
@@ -277,11 +284,12 @@ def write_seeds_report(output_dir: str, summaries: dict[int, dict[str, Any]], se
         rows = [next(row for row in seed_rows if row["method"] == method) for seed_rows in per_seed.values()]
         cells = [_mean_and_spread([float(row[key]) for row in rows]) for key, _ in SEED_COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", seeds_verdict(per_seed, searched), ""]
+    lines += ["", seeds_verdict(per_seed, searched, full), ""]
     for seed, rows in per_seed.items():
         dominating = dominated_by(rows, searched)
         status = f"dominated by {', '.join(dominating)}" if dominating else "not dominated"
-        lines.append(f"- seed {seed}: {searched} {status}.")
+        copied = next(row["extracted"] for row in rows if row["method"] == full)
+        lines.append(f"- seed {seed}: {searched} {status}; {full} extracted {copied}.")
     os.makedirs(output_dir, exist_ok=True)
     paths = {
         "results.md": os.path.join(output_dir, "results.md"),
@@ -293,7 +301,7 @@ def write_seeds_report(output_dir: str, summaries: dict[int, dict[str, Any]], se
         json.dump(
             {
                 "seeds": {str(seed): summary for seed, summary in summaries.items()},
-                "verdict": seeds_verdict(per_seed, searched),
+                "verdict": seeds_verdict(per_seed, searched, full),
             },
             handle,
             indent=2,
