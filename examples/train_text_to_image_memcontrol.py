@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse the flags that cannot make a run, without importing torch: their values (`TrainingConfig`'s checks
-    included), a missing ``--mask`` or ``--train_csv`` file, a ``--train_data_dir`` without metadata files."""
+    included), a missing ``--mask`` or ``--train_csv`` file, a ``--train_data_dir`` or ``--memorization_held_out_dir``
+    without metadata files."""
     if args.hub_token is not None:
         raise ValueError("Pass the Hub token with `hf auth login`, not --hub_token (it would end up in logs).")
     if args.memorization_check_steps < 0:
@@ -302,6 +303,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"--{flag} {path} does not exist.")
     if args.train_data_dir:
         find_metadata_files(args.train_data_dir)
+    if args.memorization_held_out_dir:
+        find_metadata_files(args.memorization_held_out_dir, flag="--memorization_held_out_dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

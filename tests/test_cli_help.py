@@ -59,6 +59,8 @@ for name, command, argv in [
     ("train_no_metadata", train, ["--train_data_dir", {no_metadata!r}]),
     ("train_missing_mask", train, ["--method", "memcontrol", "--mask", {missing_mask!r}]),
     ("train_epochs", train, ["--num_train_epochs", "0"]),
+    ("train_held_out", train, ["--memorization_check_steps", "5", "--memorization_held_out_dir", {missing_mask!r}]),
+    ("train_held_out_bare", train, ["--memorization_check_steps", "5", "--memorization_held_out_dir", {no_metadata!r}]),
 ]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -100,6 +102,11 @@ print(json.dumps(outcome))
     assert f"error: --mask {missing_mask} does not exist." in outcome["train_missing_mask"][2]
     assert outcome["train_epochs"][0] == 2
     assert "error: num_train_epochs must be at least 1, got 0." in outcome["train_epochs"][2]
+    # the memorization monitor's held-out folder is checked before the model loads, not when the first check runs
+    assert outcome["train_held_out"][0] == 2
+    assert f"error: --memorization_held_out_dir {missing_mask} does not exist." in outcome["train_held_out"][2]
+    status, _, error = outcome["train_held_out_bare"]
+    assert status == 2 and f"error: {no_metadata} has no metadata.jsonl" in error and "--train_csv" not in error
 
 
 def test_python_m_runs_the_command():

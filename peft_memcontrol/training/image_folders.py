@@ -15,25 +15,27 @@ METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 HELD_OUT_SPLIT_FOLDERS = ("validation", "valid", "dev", "val", "test", "testing", "eval", "evaluation")
 
 
-def find_metadata_files(root: str) -> list[str]:
+def find_metadata_files(root: str, flag: str = "--train_data_dir") -> list[str]:
     """The metadata files of an image folder, as ``datasets``' ``imagefolder`` finds them: every ``metadata.jsonl``
     or ``metadata.csv`` in ``root`` and its subfolders, ``root``'s first, then in path order.
 
-    Refused, with the fix: a missing folder; no metadata file (naming ``--train_csv`` for a CSV of another name);
-    files of both kinds; a metadata file in a subfolder named like a held-out split (`HELD_OUT_SPLIT_FOLDERS`), whose
-    rows ``imagefolder`` would not train on.
+    Refused, with the fix: a missing folder (named with ``flag``, the command-line flag that gave it); no metadata
+    file (naming ``--train_csv`` for a training folder's CSV of another name); files of both kinds; a metadata file in
+    a subfolder named like a held-out split (`HELD_OUT_SPLIT_FOLDERS`), whose rows ``imagefolder`` would not train on.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"--train_data_dir {root} does not exist.")
+        raise FileNotFoundError(f"{flag} {root} does not exist.")
     found = []
     for folder, subfolders, files in os.walk(root):
         subfolders.sort()
         found += [os.path.join(folder, name) for name in METADATA_FILES if name in files]
     if not found:
+        hint = ""
+        if flag == "--train_data_dir":
+            hint = " A CSV of another name, or with paths outside the folder, is read with --train_csv."
         raise FileNotFoundError(
             f"{root} has no metadata.jsonl or metadata.csv: an image folder needs one, with a row per image such as "
-            '{"file_name": "0001.png", "text": "a photo of ..."} (or the CSV columns file_name,text). A CSV of '
-            "another name, or with paths outside the folder, is read with --train_csv."
+            '{"file_name": "0001.png", "text": "a photo of ..."} (or the CSV columns file_name,text).' + hint
         )
     kinds = {os.path.basename(path) for path in found}
     if len(kinds) > 1:
