@@ -68,11 +68,11 @@ def data_flow_order(model: nn.Module) -> dict[str, int]:
     return {path: position for position, (_, path) in enumerate(keyed)}
 
 
-def find_slot_containers(model: nn.Module) -> list[SlotContainer]:
-    """Find the attention containers of ``model`` in data-flow order.
+def find_slot_containers(model: nn.Module, required: bool = True) -> list[SlotContainer]:
+    """Find the attention containers of ``model`` in data-flow order (none, if not ``required``).
 
     Raises:
-        ValueError: if the model has no attention container at all.
+        ValueError: if ``required`` and the model has no attention container at all.
     """
     root_lists = block_lists(model)
     if root_lists:
@@ -94,11 +94,12 @@ def find_slot_containers(model: nn.Module) -> list[SlotContainer]:
         for name, module in model.named_modules():
             if is_attention(module) and not any(container.contains(name) for container in containers):
                 containers.append(SlotContainer(name, f"{name}."))
-    if not containers:
+    if not containers and required:
         raise ValueError(
             f"{type(model).__name__} has no slots: MemControl masks switch attention containers (modules with a "
             "`transformer_blocks` list, such as diffusers' Transformer2DModel, or `Attention` modules), and this "
-            "model has none. Apply the method without a mask, or pass the model's UNet or transformer."
+            "model has none. SVDiff and DiffFit apply to it without a mask (every layer they target is trained; "
+            "masked attention tuning needs slots), or pass the model's UNet or transformer."
         )
     order = data_flow_order(model)
     return sorted(containers, key=lambda container: order[container.name])
@@ -157,7 +158,7 @@ def resolve_plan(
         raise ValueError(f"Unknown granularity {granularity!r}; choose one of {GRANULARITIES}.")
     if semantics not in SEMANTICS:
         raise ValueError(f"Unknown mask semantics {semantics!r}; choose one of {SEMANTICS}.")
-    containers = find_slot_containers(model)
+    containers = find_slot_containers(model, required=mask is not None)  # without a mask every unit is on anyway
     blocks = _find_blocks(model, containers) if granularity == "block" else []
 
     def container_of(path: str) -> SlotContainer | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import get_peft_model
 
 import peft_memcontrol as pm
 from peft_memcontrol import Mask, SVDiffConfig, get_layout, slot_units
@@ -125,3 +126,32 @@ def test_reference_13_bit_layout():
     assert get_layout("sd15-reference-16").genome == tuple(SD15_SLOTS)
     with pytest.raises(ValueError, match="Unknown layout"):
         get_layout("nope")
+
+
+class _NoSlots(torch.nn.Module):
+    """A model without attention containers: a linear layer and a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 5)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, image):
+        return self.proj(x), self.conv(image)
+
+
+@pytest.mark.parametrize("config_class", [pm.SVDiffConfig, pm.DiffFitConfig])
+def test_a_model_without_slots_takes_svdiff_and_difffit_without_a_mask(config_class):
+    torch.manual_seed(0)
+    base = _NoSlots()
+    x, image = torch.randn(2, 6), torch.randn(1, 3, 5, 5)
+    expected = base(x, image)
+    model = get_peft_model(base, config_class(target_modules=["proj", "conv"]))
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    # both layers adapted (every unit on: the model has none), outputs unchanged before training
+    assert any(".proj." in name for name in trained) and any(".conv." in name for name in trained)
+    for got, want in zip(model(x, image), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # a mask switches slots, and there are none: refused with the fix
+    with pytest.raises(ValueError, match="has no slots.*without a mask"):
+        get_peft_model(_NoSlots(), config_class(target_modules=["proj", "conv"], mask={"proj": True}))

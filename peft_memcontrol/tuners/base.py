@@ -202,7 +202,7 @@ def _refuse_slots_without_attention(model: nn.Module, config: MaskedTunerConfig)
     attentions = [path for path, module in iter_base_modules(model) if is_attention(module)]
     empty = [
         container.name
-        for container in find_slot_containers(model)
+        for container in find_slot_containers(model, required=False)
         if not any(path == container.name or container.contains(path) for path in attentions)
     ]
     if empty:
