@@ -22,6 +22,7 @@ import sys
 import time
 
 import torch
+from _results import publish
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig, get_peft_model
 
@@ -254,11 +255,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(args.output), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import platform
 import time
 
 import torch
+from _results import publish
 from bench_adapters import UNETS, build_unet, inputs, svdiff_targets
 from peft import LoraConfig, get_peft_model
 
@@ -127,10 +128,7 @@ def main() -> None:
             f"| {row['compiled step'] / row['eager step']:.2f} | {row['max |compiled - eager|']:.1e} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import datetime
 import platform
 
 import torch
+from _results import publish
 from torch import nn
 
 from peft_memcontrol.svd import spectral_factors, weight_matrix
@@ -114,10 +115,7 @@ def main() -> None:
             print(lines[-1], flush=True)
 
     text = "\n".join(lines) + "\n"
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
-    print(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 import time
 
 import torch
+from _results import publish
 
 from peft_memcontrol.metrics import nearest_neighbours
 
@@ -84,10 +85,7 @@ def main() -> None:
             f"{row['chunked']['peak_mib']:.0f} | {row['naive']['seconds']:.2f} | {row['naive']['peak_mib']:.0f} | "
             f"{matrix:.0f} |"
         )
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import torch
+from _results import publish
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
@@ -260,10 +261,7 @@ def main() -> None:
                 results[variant].append(in_subprocess(args, variant))
                 print(f"round {round_index + 1}: {variant} {results[variant][-1]}", file=sys.stderr, flush=True)
     text = report(args, results, svd_setup, time.monotonic() - started)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from dataclasses import replace
 
 import torch
+from _results import publish
 
 from peft_memcontrol.sample_data import build_faces_dataset
 from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig, SyntheticMaskProblem, hypervolume
@@ -170,10 +171,7 @@ def main() -> None:
     for name, median, mean, evaluations, reached in bench_multi_fidelity(args.seeds, args.target):
         lines.append(f"| {name} | {median} | {mean} | {evaluations} | {reached}/{args.seeds} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import optuna
+from _results import publish
 
 from peft_memcontrol.search import GenomeSpace, MaskSearcher, SearchConfig, hypervolume
 from peft_memcontrol.search.baselines import random_search
@@ -259,10 +260,7 @@ def main() -> None:
             lines.append(f"| {search_name}{note} | " + " | ".join(cells) + f" | {seconds:.2f} |")
         lines.append("")
     text = "\n".join(lines)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as file:
-            file.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 
 import torch
+from _results import publish
 from torch import nn
 
 from peft_memcontrol import SD15_UNET_CONFIG, SDXL_UNET_CONFIG, SVDiffConfig, meta_unet
@@ -90,10 +91,7 @@ def main() -> None:
         lines.append(f"| {rows} x {columns} | {count} | {factor_bytes(shape) / 2**20:.2f} | {seconds:.2f} |")
     lines += ["", f"All of SD-1.5's weights, from the per-shape times: {total_seconds:.0f} CPU-seconds on one thread."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

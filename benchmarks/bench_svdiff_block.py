@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _results import publish
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from peft import LoraConfig, PeftConfig, get_peft_model
 from torch import nn
@@ -201,10 +202,7 @@ def main() -> None:
             f"| {inference_median[name] / inference_median['frozen']:.2f} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from _results import publish
 from diffusers.models.attention_processor import Attention
 from peft import LoraConfig, PeftConfig, get_peft_model
 from torch import nn
@@ -292,10 +293,7 @@ def main() -> None:
         *lora_rows,
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import torch
+from _results import publish
 from peft import LoraConfig
 
 from peft_memcontrol.tiny_sd import load_tiny_pipeline
@@ -129,11 +130,7 @@ def main() -> None:
             f"| {r['setup_s']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            f.write(text)
+    publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from _results import publish
+
 
 COMMANDS = {
     "memcontrol search --help": ["-m", "peft_memcontrol.cli", "search", "--help"],
@@ -92,10 +94,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    if args.output:
-        with open(args.output, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    print(text)
+    publish(text, args.output, append=True)
 
 
 if __name__ == "__main__":
