@@ -7,8 +7,10 @@ from dataclasses import replace
 
 import torch
 
-from peft_memcontrol.sample_data import build_faces_dataset
-from peft_memcontrol.search import GenomeSpace
+from peft_memcontrol import SVDiffConfig
+from peft_memcontrol.evaluation import EvaluationSettings, load_evaluation_data
+from peft_memcontrol.sample_data import build_digits_dataset, build_faces_dataset
+from peft_memcontrol.search import FullFineTune, GenomeSpace
 from peft_memcontrol.search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from peft_memcontrol.training import EncodingCache, TrainingConfig
 
@@ -62,3 +64,29 @@ def test_cache_stops_adding_at_its_memory_budget():
     assert len(cache) == 3 and cache.num_bytes == 120
     assert calls == [0, 1, 2, 3, 4, 3, 4]  # the first three are kept; the later two are computed each time
     assert (cache.hits, cache.misses) == (3, 7)
+
+
+def test_full_fine_tunes_on_one_folder_share_encodings_bit_identically(tmp_path):
+    """The demo's rows: `FullFineTune` runs on one training folder with one seed draw the same batches, so a shared
+    cache serves every run after the first, and changes no score."""
+    data = build_digits_dataset(
+        str(tmp_path / "data"), num_train=8, num_test=4, num_memorization=2, memorization_repeats=2
+    )
+    evaluation = EvaluationSettings(num_generations=2, num_inference_steps=2, noise_norm_generations=1, image_size=32)
+    training = TrainingConfig(max_train_steps=3, train_batch_size=2, learning_rate=1e-2, report_to=None)
+    methods = ["full", SVDiffConfig()]
+    scores, calibration = {}, None
+    for shared in (EncodingCache(), None):
+        runner = FullFineTune(
+            data.train_dir, load_evaluation_data(data), evaluation, 32, calibration=calibration, encodings=shared
+        )
+        scores[shared is not None] = [
+            runner.run(method, replace(training, output_dir=str(tmp_path / f"{shared is None}-{index}"))).scores
+            for index, method in enumerate(methods)
+        ]
+        calibration = runner.calibration  # measured once, by the first run
+        if shared is not None:
+            # the second run replays the first one's 3 batches of images and captions
+            assert shared.hits >= 6 and shared.misses == len(shared) > 0
+    cached, fresh = ([run.table_values() for run in runs] for runs in (scores[True], scores[False]))
+    assert cached == fresh  # exact floats

@@ -53,7 +53,7 @@ from ..search.genome import default_learning_rate_bounds
 from ..search.inner_loop import SEARCH_EVALUATION, InnerLoop, ProxyDataSpec
 from ..search.report import draw_plots, write_search_outputs
 from ..tiny_sd import TINY_UNET_CONFIG, load_tiny_pipeline, tiny_pipeline_path
-from ..training import RandomWordAddition, TrainingConfig
+from ..training import EncodingCache, RandomWordAddition, TrainingConfig
 from ..tuners import DiffFitConfig, MaskedAttentionConfig, MemControlConfig, SVDiffConfig
 from .config import DemoConfig
 from .data import build_domain
@@ -124,6 +124,11 @@ def _init_worker(device: str | None) -> None:
         torch.set_num_threads(1)
 
 
+#: Per process, per training folder: the frozen encoders' outputs, which every row trained there reuses (same data,
+#: same seed, same batches; `FullFineTune.encodings`).
+_ENCODINGS: dict[str, EncodingCache] = {}
+
+
 @dataclass
 class ScoredRun:
     """One row of a table, the attack's per-prompt records, and the calibration the scores used (a dict)."""
@@ -151,7 +156,8 @@ def train_and_score(
 ) -> ScoredRun:
     """One row of a table: fine-tune ``spec`` on ``train_dir``, score it on ``data`` with ``settings`` and the
     domain's ``calibration`` (the search's `FullFineTune`, the step its proxy-fidelity check runs too)."""
-    run = FullFineTune(train_dir, data, settings, DEMO_RESOLUTION, calibration=calibration).run(
+    encodings = _ENCODINGS.setdefault(train_dir, EncodingCache())
+    run = FullFineTune(train_dir, data, settings, DEMO_RESOLUTION, calibration=calibration, encodings=encodings).run(
         spec.method, demo_training(spec, run_dir, config)
     )
     scores = run.scores

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..evaluation import EvaluationCalibration, EvaluationData, EvaluationSettings, ModelScores, evaluate_model
 from ..tiny_sd import tiny_pipeline_path
-from ..training import MemControlTrainer, TrainingConfig, load_training_dataset
+from ..training import EncodingCache, MemControlTrainer, TrainingConfig, load_training_dataset
 
 
 @dataclass
@@ -39,6 +39,9 @@ class FullFineTune:
             pipeline.
         calibration: the evaluation's thresholds. ``None``: measured by the first `run` and kept for the later ones
             (they depend on the data, the feature space and the autoencoder only, so they serve every model).
+        encodings: the frozen VAE's and text encoder's outputs, kept across runs on ``train_data_dir`` with the same
+            seed (they draw the same batches: bit-identical to encoding again, minus the encoders' time); ``None``
+            encodes every batch.
     """
 
     train_data_dir: str
@@ -47,13 +50,14 @@ class FullFineTune:
     resolution: int
     pretrained_model_name_or_path: str | None = None
     calibration: EvaluationCalibration | None = field(default=None, repr=False)
+    encodings: EncodingCache | None = field(default=None, repr=False)
 
     def run(self, method: Any, training: TrainingConfig) -> FullRun:
         """Train ``method`` (``"full"`` or a ``peft.PeftConfig``) from the base model with ``training``, then score
         the model (adapter applied, not merged)."""
         dataset = load_training_dataset(train_data_dir=self.train_data_dir, resolution=self.resolution)
         model = self.pretrained_model_name_or_path or tiny_pipeline_path()
-        trainer = MemControlTrainer.from_pretrained(model, dataset, method, training)
+        trainer = MemControlTrainer.from_pretrained(model, dataset, method, training, encodings=self.encodings)
         start = time.perf_counter()
         trainer.train()
         trained = time.perf_counter()
