@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...svd import SpectralFactors, spectral_factors
+from ...svd import FACTOR_DTYPES, SpectralFactors, spectral_factors
 from ..base import MaskedTunerConfig, MaskedTunerLayer
 from ..targets import NORM_LAYERS
 from .autograd import SpectralConv2d, SpectralLinear
@@ -97,12 +97,13 @@ class SVDiffLayer(MaskedTunerLayer):
     def _factor_storage_dtype(self, weight: torch.Tensor) -> torch.dtype:
         """The dtype ``factor_dtype`` stores ``U`` and ``Vh`` of ``weight`` in."""
         if self.factor_dtype == "auto":
-            return weight.dtype if weight.dtype in (torch.float16, torch.bfloat16) else torch.float32
-        if self.factor_dtype not in ("float32", "float16", "bfloat16"):
+            return weight.dtype if weight.dtype in FACTOR_DTYPES else torch.float32
+        names = {str(dtype).removeprefix("torch."): dtype for dtype in FACTOR_DTYPES}
+        if self.factor_dtype not in names:
             raise ValueError(
-                f"Unknown SVDiff factor_dtype {self.factor_dtype!r}; use 'auto', 'float32', 'float16' or 'bfloat16'."
+                f"Unknown SVDiff factor_dtype {self.factor_dtype!r}; use 'auto' or one of {sorted(names)}."
             )
-        return getattr(torch, self.factor_dtype)
+        return names[self.factor_dtype]
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
         # `.to()`, `.cuda()` and `.half()` reach modules through `_apply`; the factors follow the device only.
